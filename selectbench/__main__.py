@@ -1,0 +1,7 @@
+"""``python -m selectbench``."""
+
+import sys
+
+from selectbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""The ``selectbench`` command line: thin wrappers over the library functions of each stage."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selectbench import __version__
+from selectbench.errors import SelectbenchError
+
+
+def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["max_length=512", "template=alpaca"]`` -> ``{"max_length": 512, "template": "alpaca"}`` (YAML scalars)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SelectbenchError(f"--param expects key=value, got {pair!r}")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        params[key.strip()] = value if isinstance(parsed, (dict, list)) else parsed
+    return params
+
+
+def _add_pool_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", required=True, help="a .jsonl/.json/.parquet/.csv file, a HF dataset id, or 'demo'")
+    parser.add_argument("--columns", help="column mapping, e.g. instruction=question,response=answer[,input=..,id=..]")
+    parser.add_argument(
+        "--on-invalid",
+        choices=("error", "skip"),
+        default="error",
+        help="stop at the first bad row (default) or drop bad rows and report them",
+    )
+
+
+def _add_selector_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--selector", required=True, help="a registered selector (see `selectbench ls selectors`)")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="selector hyperparameter (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="selectbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"selectbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment; with no config, the embedded demo")
+    run.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+
+    select = sub.add_parser("select", help="select a subset of a pool and write selection.jsonl + meta.json")
+    _add_pool_args(select)
+    _add_selector_args(select)
+    select.add_argument("--budget", required=True, help="a count (50) or a fraction of the pool in (0, 1] (0.1)")
+    select.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    select.add_argument("--out", required=True, help="output folder")
+
+    score = sub.add_parser("score", help="score every record of a pool; one JSON line per record, in pool order")
+    _add_pool_args(score)
+    _add_selector_args(score)
+    score.add_argument("--out", required=True, help="output .jsonl file")
+
+    ls = sub.add_parser("ls", help="list what is available")
+    ls.add_argument("what", nargs="?", choices=("selectors",), default="selectors")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a subcommand; user errors print one message and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "select": cmd_select, "score": cmd_score, "ls": cmd_ls}[args.command](args)
+    except SelectbenchError as err:
+        print(f"selectbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selectbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from selectbench.data import load_pool
+
+    pool = load_pool(args.pool, columns=args.columns, on_invalid=args.on_invalid)
+    if pool.report.skipped:
+        print(f"pool {args.pool}: {pool.report.summary()}", file=sys.stderr)
+    return pool
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """``selectbench select``."""
+    from selectbench.selectors import make_selector, parse_budget, resolve_budget
+    from selectbench.selectors.artifacts import write_selection
+
+    budget = parse_budget(args.budget)
+    selector = make_selector(args.selector, **parse_params(args.param))
+    start = time.perf_counter()
+    pool = _load(args)
+    loaded = time.perf_counter() - start
+    resolve_budget(budget, len(pool))
+    selection = selector.select(pool, budget, seed=args.seed)
+    selection.timings["load"] = loaded
+    out = write_selection(args.out, pool, selection)
+    print(f"selected {len(selection.indices)} of {len(pool)} records with {args.selector} -> {out}/selection.jsonl")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``selectbench score``."""
+    import numpy as np
+
+    from selectbench.io import atomic_open, dumps
+    from selectbench.selectors import ScoreSelector, available, make_selector
+
+    selector = make_selector(args.selector, **parse_params(args.param))
+    if not isinstance(selector, ScoreSelector):
+        scorers = [name for name, cls in available().items() if issubclass(cls, ScoreSelector)]
+        raise SelectbenchError(
+            f"selector {args.selector!r} does not score records; scoring selectors: {', '.join(scorers)}"
+        )
+    pool = _load(args)
+    fields = {name: np.asarray(values) for name, values in selector.score_fields(pool).items()}
+    ids = pool.ids
+    with atomic_open(args.out) as handle:
+        for i, record_id in enumerate(ids):
+            line: dict[str, Any] = {"id": record_id}
+            for name, values in fields.items():
+                value = values[i].item() if hasattr(values[i], "item") else values[i]
+                line[name] = None if isinstance(value, float) and math.isnan(value) else value
+            handle.write(dumps(line) + "\n")
+    print(f"scored {len(ids)} records with {args.selector} -> {args.out}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``selectbench ls``."""
+    from selectbench.selectors.registry import ORIGIN, available, describe
+
+    selectors = available()
+    width = max(len(name) for name in selectors)
+    for name, cls in selectors.items():
+        origin = ORIGIN.get(name, "")
+        tag = "" if origin == "selectbench" else f"  [plug-in: {origin}]"
+        print(f"{name:<{width}}  {describe(cls)}{tag}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``selectbench run`` with no config: the embedded demo."""
+    from selectbench.experiment import run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model specs and loading (Hugging Face ids, local folders, GGUF files, built-in aliases) and engines."""

@@ -1,0 +1,33 @@
+"""Selector API, registry and the built-in selectors (importing this package registers them)."""
+
+from selectbench.selectors import baselines  # noqa: F401  (registers random and longest)
+from selectbench.selectors.base import (
+    Budget,
+    BudgetError,
+    ScoreSelector,
+    Selection,
+    Selector,
+    make_selection,
+    parse_budget,
+    resolve_budget,
+    selector_params,
+    top_k,
+)
+from selectbench.selectors.registry import available, get_selector_class, make_selector, register
+
+__all__ = [
+    "Budget",
+    "BudgetError",
+    "ScoreSelector",
+    "Selection",
+    "Selector",
+    "available",
+    "get_selector_class",
+    "make_selection",
+    "make_selector",
+    "parse_budget",
+    "register",
+    "resolve_budget",
+    "selector_params",
+    "top_k",
+]
