@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 import time
@@ -12,6 +13,10 @@ from typing import Any
 
 from selectbench import __version__
 from selectbench.errors import SelectbenchError
+
+# Subcommands that live beside their stage: each module has ``add_parser(subparsers)``, which adds the
+# subcommand and sets ``func`` (called with the parsed args, returns the exit status).
+STAGE_COMMANDS: tuple[str, ...] = ()
 
 
 def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -55,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment; with no config, the embedded demo")
     run.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    run.set_defaults(func=cmd_run)
 
     select = sub.add_parser("select", help="select a subset of a pool and write selection.jsonl + meta.json")
     _add_pool_args(select)
@@ -62,14 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--budget", required=True, help="a count (50) or a fraction of the pool in (0, 1] (0.1)")
     select.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     select.add_argument("--out", required=True, help="output folder")
+    select.set_defaults(func=cmd_select)
 
     score = sub.add_parser("score", help="score every record of a pool; one JSON line per record, in pool order")
     _add_pool_args(score)
     _add_selector_args(score)
     score.add_argument("--out", required=True, help="output .jsonl file")
+    score.set_defaults(func=cmd_score)
 
     ls = sub.add_parser("ls", help="list what is available")
-    ls.add_argument("what", nargs="?", choices=("selectors",), default="selectors")
+    ls.add_argument("what", nargs="?", choices=tuple(LISTINGS), default="selectors")
+    ls.set_defaults(func=cmd_ls)
+
+    for module in STAGE_COMMANDS:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -77,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one message and return 2."""
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "select": cmd_select, "score": cmd_score, "ls": cmd_ls}[args.command](args)
+        return args.func(args)
     except SelectbenchError as err:
         print(f"selectbench: error: {err}", file=sys.stderr)
         return 2
@@ -142,15 +154,34 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """``selectbench ls``."""
+    rows = LISTINGS[args.what]()
+    width = max(len(row[0]) for row in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _list_selectors() -> list[tuple[str, str]]:
     from selectbench.selectors.registry import ORIGIN, available, describe
 
-    selectors = available()
-    width = max(len(name) for name in selectors)
-    for name, cls in selectors.items():
+    rows = []
+    for name, cls in available().items():
         origin = ORIGIN.get(name, "")
-        tag = "" if origin == "selectbench" else f"  [plug-in: {origin}]"
-        print(f"{name:<{width}}  {describe(cls)}{tag}")
-    return 0
+        rows.append((name, describe(cls) + ("" if origin == "selectbench" else f"  [plug-in: {origin}]")))
+    return rows
+
+
+def _list_models() -> list[tuple[str, str]]:
+    from selectbench.models.spec import alias_table
+
+    return [
+        (row["name"], f"installed: {row['installed']:<3}  {row['description']}  ({row['where']})")
+        for row in alias_table()
+    ]
+
+
+# `selectbench ls WHAT`: each entry returns (name, description) rows. Stages add theirs here.
+LISTINGS = {"selectors": _list_selectors, "models": _list_models}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
