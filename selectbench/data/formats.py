@@ -193,7 +193,9 @@ def to_record(
         record["id"] = str(value)
     used = set(CONSUMED.get(fmt.name, columns.values())) | {id_column}
     meta = {k: v for k, v in row.items() if k not in used}
-    if fmt.name == "canonical" and isinstance(meta.get("meta"), Mapping):
+    # A `meta` object (as selection.jsonl and the demo pool write it) is flattened into the record's meta, so a
+    # record reads the same whether its extra fields sat at the top level or inside `meta`.
+    if isinstance(meta.get("meta"), Mapping):
         meta = {**meta.pop("meta"), **meta}
     record["meta"] = meta
     return record

@@ -26,7 +26,7 @@ from selectbench.data.formats import Format, RowError
 from selectbench.errors import InputError, SelectbenchError
 from selectbench.io import cache_dir, dumps, write_json
 
-LOADER_VERSION = 1  # bump when conversion changes, so cached conversions are redone
+LOADER_VERSION = 2  # bump when conversion changes, so cached conversions are redone
 BATCH_ROWS = 8192
 DEMO_DIR = Path(__file__).parent / "demo"
 ALIASES = {"demo": DEMO_DIR / "pool.jsonl"}
