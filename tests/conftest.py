@@ -16,6 +16,8 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Each test gets its own selectbench cache, so converted pools never leak between tests."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("SELECTBENCH_CACHE", str(cache))
+    # Tests never reach the Hugging Face hub (this machine has no route to it): fail fast instead of retrying.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,20 @@ def test_top_k_is_stable_and_refuses_nan() -> None:
         top_k(np.array([1.0, np.nan]), 1)
 
 
+def _light_params(name: str, tiny_model: Path) -> dict:
+    """Model-backed selectors get the tiny test model, so the suite runs them offline and fast."""
+    fields = {f.name for f in dataclasses.fields(available()[name])}
+    params: dict = {}
+    if "model" in fields:
+        params["model"] = str(tiny_model)
+    if "engine" in fields:
+        params["engine"] = "hf"
+    return params
+
+
 @pytest.mark.parametrize("name", sorted(available()))
-def test_every_registered_selector_passes_the_conformance_suite(name: str) -> None:
-    check_selector(make_selector(name))
+def test_every_registered_selector_passes_the_conformance_suite(name: str, tiny_llama_dir: Path) -> None:
+    check_selector(make_selector(name, **_light_params(name, tiny_llama_dir)))
 
 
 def test_conformance_suite_catches_a_selector_that_clamps_budgets() -> None:
