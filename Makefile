@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint format bench clean
+.PHONY: install test demo lint format bench clean chromium
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
@@ -36,6 +36,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# tests/test_report_html.py renders the HTML report in headless Chromium (Debian package `chromium`).
+# `make test` installs it when missing and possible (apt-get as root, or passwordless sudo); otherwise that test
+# skips and says why (SELECTBENCH_REQUIRE_CHROMIUM=1, set in CI, turns the skip into a failure).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$SUDO" != none ]; then \
+	    echo "installing chromium for the HTML report test (apt-get install chromium)"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      || echo "warning: could not install chromium; tests/test_report_html.py will skip"; \
+	  else \
+	    echo "warning: chromium is missing and cannot be installed here (needs apt-get as root); tests/test_report_html.py will skip"; \
+	  fi; }
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,186 @@
+"""The leaderboard: selectors ranked per metric at each budget, with references, as Markdown and terminal text."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from selectbench.reports.results import Results, load_results
+from selectbench.reports.summary import CI_METHODS, summarize
+
+# Columns of every leaderboard table, in order.
+TABLE_COLUMNS = ("budget", "rank", "selector", "mean", "ci", "ci_from", "seeds", "items", "cost")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One metric's table: formatted cells per row (keys ``TABLE_COLUMNS``), selector rows ranked per budget."""
+
+    metric: str
+    higher_is_better: bool
+    rows: list[dict[str, str]]
+
+    @property
+    def direction(self) -> str:
+        """``higher is better`` or ``lower is better``."""
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+def rank_selectors(summary: pd.DataFrame, metric: str, budget_k: int) -> pd.DataFrame:
+    """Selector rows of one metric at one budget, best first, with a ``rank`` column (ties share a rank)."""
+    rows = summary[(summary["metric"] == metric) & (summary["kind"] == "selector") & (summary["budget_k"] == budget_k)]
+    if rows.empty:
+        return rows.assign(rank=pd.Series(dtype=int))
+    higher = bool(rows["higher_is_better"].iloc[0])
+    # Rounded so that a mean over seeds equal to another value up to float noise counts as a tie.
+    key = rows["mean"].round(12)
+    rows = rows.assign(_key=key).sort_values(["_key", "label"], ascending=[not higher, True], kind="stable")
+    ranks = (-rows["_key"] if higher else rows["_key"]).rank(method="min").astype(int)
+    return rows.drop(columns="_key").assign(rank=ranks.to_numpy())
+
+
+def leaderboard_sections(summary: pd.DataFrame) -> list[Section]:
+    """One Section per metric (quality metrics first, then intrinsic/*), budgets ascending, references last."""
+    metrics = list(dict.fromkeys(summary["metric"]))
+    metrics = [m for m in metrics if not m.startswith("intrinsic/")] + [
+        m for m in metrics if m.startswith("intrinsic/")
+    ]
+    sections = []
+    for metric in metrics:
+        part = summary[summary["metric"] == metric]
+        decimals = _decimals(part)
+        rows = []
+        budgets = sorted(int(k) for k in part[part["kind"] == "selector"]["budget_k"].dropna().unique())
+        for k in budgets:
+            for n, row in enumerate(rank_selectors(summary, metric, k).to_dict("records")):
+                given = row["budget"]
+                budget = (f"{k} ({given})" if given and given != str(k) else str(k)) if n == 0 else ""
+                rows.append(_cells(row, budget, str(row["rank"]), row["label"], decimals))
+        references = pd.concat([part[part["kind"] == kind] for kind in ("full", "base")])
+        for n, row in enumerate(references.to_dict("records")):
+            name = row["label"] + (f" (k={row['budget_k']})" if not pd.isna(row["budget_k"]) else "")
+            rows.append(_cells(row, "references" if n == 0 else "", "", name, decimals))
+        sections.append(Section(metric, bool(part["higher_is_better"].iloc[0]), rows))
+    return sections
+
+
+def provenance(results: Results) -> list[tuple[str, str]]:
+    """(name, value) lines saying what a report compares: runs, model, recipe and eval hashes, pool, grid."""
+    frame = results.frame
+
+    def distinct(column: str, rows: pd.DataFrame = frame) -> str:
+        values = [str(v) for v in dict.fromkeys(rows[column]) if str(v) not in ("", "<NA>", "nan")]
+        return ", ".join(values) or "—"
+
+    selectors = frame[frame["kind"] == "selector"]
+    lines = [
+        ("runs", ", ".join(str(d) for d in results.run_dirs)),
+        ("model", distinct("model")),
+        ("fine-tuning recipe hash", distinct("recipe_hash", frame[frame["kind"] != "base"])),
+        ("evaluation config hash", distinct("eval_config_hash")),
+    ]
+    if (frame["pool_fingerprint"] != "").any():
+        lines.append(("pool fingerprint", distinct("pool_fingerprint")))
+    lines += [
+        ("selectors", ", ".join(sorted(set(selectors["label"])))),
+        ("budgets (records)", ", ".join(str(k) for k in sorted(set(selectors["budget_k"].dropna())))),
+        ("seeds", ", ".join(str(s) for s in sorted(set(frame["seed"])))),
+    ]
+    return lines
+
+
+def leaderboard_markdown(results: Results, summary: pd.DataFrame, plot_files: Sequence[str] = ()) -> str:
+    """The whole ``leaderboard.md``: provenance, one ranked table per metric, interval methods, notes, plots."""
+    confidence = round(100 * summary.attrs.get("confidence", 0.95))
+    out = ["# selectbench leaderboard", ""]
+    out += [f"- **{name}**: {value}" for name, value in provenance(results)]
+    out += [
+        "",
+        f"Mean over seeds with its {confidence}% interval; selectors ranked per budget (ties share a rank). "
+        "Cost is selection + fine-tuning wall time in seconds, averaged over seeds.",
+        "",
+    ]
+    header = table_headers(confidence)
+    for section in leaderboard_sections(summary):
+        out += [f"## {section.metric} ({section.direction})", ""]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join(["---", "--:", "---", "--:", ":-:", "---", "--:", "--:", "--:"]) + "|")
+        for row in section.rows:
+            out.append("| " + " | ".join(_md(row[c]) for c in TABLE_COLUMNS) + " |")
+        out.append("")
+    used = [m for m in CI_METHODS if m in set(summary["ci_method"])]
+    out += ["## How the intervals are computed", ""]
+    out += [f"- `{m}`: {CI_METHODS[m]}" for m in used]
+    out.append("")
+    if results.notes:
+        out += ["## Notes", ""] + [f"- {note}" for note in results.notes] + [""]
+    if plot_files:
+        out += ["## Plots", ""] + [f"![{name}]({name})" for name in plot_files] + [""]
+    return "\n".join(out)
+
+
+def render_leaderboard_text(
+    results: Results | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    summary: pd.DataFrame | None = None,
+) -> str:
+    """The leaderboard as plain text for a terminal: per metric, each budget's selectors ranked, then references.
+
+    Args:
+        results: loaded Results, or one or more run folders (each holding results.csv).
+        summary: the summarize() table, when the caller has computed it already.
+    """
+    if not isinstance(results, Results):
+        results = load_results([results] if isinstance(results, (str, os.PathLike)) else list(results))
+    summary = summarize(results) if summary is None else summary
+    confidence = round(100 * summary.attrs.get("confidence", 0.95))
+    lines = []
+    for section in leaderboard_sections(summary):
+        lines.append(f"{section.metric}  ({section.direction}; mean [{confidence}% CI])")
+        name_width = max(len(row["selector"]) for row in section.rows)
+        mean_width = max(len(row["mean"]) for row in section.rows)
+        for row in section.rows:
+            if row["budget"]:
+                lines.append(f"  budget {row['budget']}" if row["budget"] != "references" else "  references")
+            seeds = f"  {row['seeds']} seeds" if row["seeds"] not in ("1", "") else ""
+            ci = f"  [{row['ci']}]" if row["ci"] != "—" else ""
+            lines.append(
+                f"    {row['rank']:>2}  {row['selector']:<{name_width}}  {row['mean']:>{mean_width}}{ci}{seeds}"
+            )
+        lines.append("")
+    lines += [f"note: {note}" for note in results.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def table_headers(confidence: int) -> list[str]:
+    """Column headers of a leaderboard table (``TABLE_COLUMNS`` order)."""
+    return ["budget", "rank", "selector", "mean", f"{confidence}% CI", "CI from", "seeds", "items", "cost (s)"]
+
+
+def _cells(row: dict, budget: str, rank: str, name: str, decimals: int) -> dict[str, str]:
+    ci = "—" if math.isnan(row["ci_low"]) else f"{row['ci_low']:.{decimals}f} – {row['ci_high']:.{decimals}f}"
+    cost = row["cost_seconds"]
+    return {
+        "budget": budget,
+        "rank": rank,
+        "selector": name,
+        "mean": f"{row['mean']:.{decimals}f}",
+        "ci": ci,
+        "ci_from": "—" if row["ci_method"] == "none" else row["ci_method"],
+        "seeds": str(row["n_seeds"]),
+        "items": str(row["n_items"]),
+        "cost": "—" if pd.isna(cost) else f"{cost:.3g}",
+    }
+
+
+def _decimals(rows: pd.DataFrame) -> int:
+    """Three decimals below 10, fewer for larger numbers, one scale per metric so a column lines up."""
+    biggest = float(rows["mean"].abs().max())
+    return 3 if biggest < 10 else 2 if biggest < 100 else 1
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
