@@ -16,9 +16,7 @@ from selectbench.errors import SelectbenchError
 
 # Subcommands that live beside their stage: each module has ``add_parser(subparsers)``, which adds the
 # subcommand and sets ``func`` (called with the parsed args, returns the exit status).
-STAGE_COMMANDS: tuple[str, ...] = (
-    "selectbench.reports.cli",
-)
+STAGE_COMMANDS: tuple[str, ...] = ("selectbench.reports.cli",)
 
 
 def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
