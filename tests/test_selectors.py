@@ -61,10 +61,21 @@ def test_top_k_is_stable_and_refuses_nan() -> None:
         top_k(np.array([1.0, np.nan]), 1)
 
 
-def _light_params(name: str, tiny_model: Path) -> dict:
-    """Model-backed selectors get the tiny test model, so the suite runs them offline and fast."""
+@pytest.fixture(scope="session")
+def tiny_scar_ranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SCAR ranker checkpoint over a tiny random BERT (the default ranker trains for minutes)."""
+    from scar_helpers import make_tiny_bert, make_tiny_ranker
+
+    bert = make_tiny_bert(tmp_path_factory.mktemp("bert"))
+    return make_tiny_ranker(tmp_path_factory.mktemp("scar") / "ckpt", bert)
+
+
+def _light_params(name: str, tiny_model: Path, tiny_ranker: Path) -> dict:
+    """Model-backed selectors get the tiny test models, so the suite runs them offline and fast."""
     fields = {f.name for f in dataclasses.fields(available()[name])}
     params: dict = {}
+    if "ranker" in fields:
+        params["ranker"] = str(tiny_ranker)
     if "model" in fields:
         params["model"] = str(tiny_model)
     if "engine" in fields:
@@ -73,8 +84,10 @@ def _light_params(name: str, tiny_model: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(available()))
-def test_every_registered_selector_passes_the_conformance_suite(name: str, tiny_llama_dir: Path) -> None:
-    check_selector(make_selector(name, **_light_params(name, tiny_llama_dir)))
+def test_every_registered_selector_passes_the_conformance_suite(
+    name: str, tiny_llama_dir: Path, tiny_scar_ranker: Path
+) -> None:
+    check_selector(make_selector(name, **_light_params(name, tiny_llama_dir, tiny_scar_ranker)))
 
 
 def test_conformance_suite_catches_a_selector_that_clamps_budgets() -> None:

@@ -1,6 +1,6 @@
 """Selector API, registry and the built-in selectors (importing this package registers them)."""
 
-from selectbench.selectors import baselines, ifd  # noqa: F401  (registers random, longest, ifd and presets)
+from selectbench.selectors import baselines, ifd, scar  # noqa: F401  (registers random, longest, ifd, presets, scar)
 from selectbench.selectors.base import (
     Budget,
     BudgetError,

@@ -156,8 +156,26 @@ class ScoreSelector(abc.ABC):
         """Score the pool, then keep the ``budget`` best records (stable: ties go to the lower pool index)."""
         resolve_budget(budget, len(pool))  # fail on a bad budget before paying for scoring
         start = time.perf_counter()
-        scores = np.asarray(self.score(pool), dtype=np.float64)
+        scores = self.score(pool)
+        return self.select_from_scores(pool, scores, budget, seed=seed, timings={"score": time.perf_counter() - start})
+
+    def select_from_scores(
+        self, pool: Pool, scores: np.ndarray, budget: Budget, *, seed: int = 0, timings: dict[str, float] | None = None
+    ) -> Selection:
+        """What :meth:`select` does once the scores exist: filter (:meth:`candidates`), then the stable top-k.
+
+        For scores computed elsewhere, e.g. in shards on a Ray cluster: the selection is the one ``select`` makes
+        from the same scores. A subclass that overrides ``select`` must keep that true.
+
+        Args:
+            pool: the whole pool the scores belong to.
+            scores: one score per record, in pool order.
+            budget: a count or a fraction, as for ``select``.
+            seed: recorded in the Selection (scores decide the pick).
+            timings: phases already timed (e.g. ``{"score": 12.3}``); ``select`` is added.
+        """
         scored = time.perf_counter()
+        scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(pool),):
             raise ValueError(f"{self.name}: score() returned shape {scores.shape}, expected ({len(pool)},)")
         candidates, k, info = self.candidates(pool, scores, budget)
@@ -171,7 +189,7 @@ class ScoreSelector(abc.ABC):
             scores[picked],
             k=k,
             info=info,
-            timings={"score": scored - start, "select": time.perf_counter() - scored},
+            timings={**(timings or {}), "select": time.perf_counter() - scored},
         )
 
 

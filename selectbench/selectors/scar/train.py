@@ -1,0 +1,517 @@
+"""Train a SCAR style ranker on (instruction, human, referenced, direct) quadruples, exactly as ALGORITHMS.md.
+
+Ranking loss on quality-filtered pairs plus the weighted triplet representation loss; AdamW with linear warmup,
+gradient clipping, an 80/10/10 split (seed 42), and the epoch with the best validation pairwise accuracy kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectbench.errors import InputError, SelectbenchError
+
+KINDS = ("human", "referenced", "direct")
+ASPECTS = ("helpfulness", "correctness")
+# The three orderings the ranking loss enforces, as (preferred, other): direct > referenced > human.
+PAIRS = (("direct", "referenced"), ("referenced", "human"), ("direct", "human"))
+SCORE_TYPES = {"help_correct": ASPECTS, "help": ("helpfulness",), "correct": ("correctness",)}
+CONSTRAINT_MODES = ("abs", "abs_pos", "diff", "abs_diff", "none")
+META_FILE = "meta.json"
+DONE_FILE = "DONE"
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(kw_only=True)
+class ScarTrainConfig:
+    """Ranker training hyperparameters. Defaults are the reference's (``train.py``), per ALGORITHMS.md."""
+
+    encoder: str = _f("minilm-l6", "encoder model spec (alias, folder or HF id); its width is hidden_dim")
+    linear_dim: int = _f(512, "L: hidden width of the relation network and of the output MLP")
+    max_length: int = _f(512, "tokens per text (instruction and answer are truncated separately)")
+    epochs: int = _f(10, "training epochs (the reference's train.py default; its released gte-base used 20)")
+    batch_size: int = _f(4, "training quadruples per step")
+    eval_batch_size: int = _f(16, "pairs per forward pass when scoring validation and test rows")
+    lr: float = _f(2e-5, "AdamW learning rate, on all parameters (encoder included)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (torch's default)")
+    warmup_ratio: float = _f(0.1, "linear warmup over this fraction of all steps, then linear decay to 0")
+    max_grad_norm: float = _f(1.0, "gradient clipping (global norm)")
+    margin: float = _f(0.5, "margin of the ranking loss (MarginRankingLoss)")
+    triplet_margin: float = _f(1.0, "margin of the triplet representation losses (Euclidean)")
+    disentangle_weight: float = _f(0.1, "lambda in loss + lambda * (L_c + L_p) / 2; 0 turns the term off")
+    score_type: str = _f("help_correct", "quality used by the pair filter: help_correct (mean), help, correct")
+    constraint_mode: str = _f("abs", "pair filter: abs (both in (min, max)), abs_pos, diff, abs_diff, none")
+    constraint_min: float = _f(5.0, "pair filter lower bound (strict)")
+    constraint_max: float = _f(10.0, "pair filter upper bound (strict; 10 is no bound on the 0-9 scale)")
+    holdout_fraction: float = _f(0.2, "share held out of training, split half test, half validation")
+    split_seed: int = _f(42, "seed of the train/validation/test split")
+    seed: int = _f(42, "seed of head initialisation, shuffling and dropout")
+    device: str = _f("auto", "auto (CUDA if available), cpu, cuda, ...")
+    trust_remote_code: bool = _f(False, "allow the encoder's own modelling code from the hub (gte needs it)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScarTrainConfig:
+        """Build a config from a dict; every unknown key and bad value is reported in one error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        problems = []
+        for key in sorted(set(values) - set(fields)):
+            problems.append(f"unknown key {key!r}")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in fields:
+                continue
+            expected = type(fields[key].default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if expected is float and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # YAML reads "2e-5" (no dot) as a string
+                    value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                problems.append(f"{key} must be {expected.__name__}, got {value!r}")
+                continue
+            kwargs[key] = value
+        if not problems:
+            try:
+                return cls(**kwargs)
+            except ValueError as err:
+                problems.append(str(err))
+        raise SelectbenchError("scar train config: " + "; ".join(problems) + f". Valid keys: {', '.join(fields)}")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.score_type not in SCORE_TYPES:
+            problems.append(f"score_type must be one of {', '.join(SCORE_TYPES)}, got {self.score_type!r}")
+        if self.constraint_mode not in CONSTRAINT_MODES:
+            problems.append(f"constraint_mode must be one of {', '.join(CONSTRAINT_MODES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "linear_dim", "max_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            problems.append(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help(cls) -> list[tuple[str, str]]:
+        """``(key=default, help)`` rows, for ``--help`` texts."""
+        return [(f"{f.name}={f.default}", f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Quadruple:
+    """One training row: an instruction, its three answers, and their 0-9 ratings (None = missing)."""
+
+    id: str
+    instruction: str
+    answers: dict[str, str]  # kind -> answer text
+    ratings: dict[str, dict[str, float | None]] | None  # kind -> aspect -> rating
+
+
+def load_quadruples(path: str | os.PathLike[str]) -> list[Quadruple]:
+    """Read quadruples from JSON Lines (or a JSON list) in the format of ``selectbench/data/demo/scar_train.jsonl``.
+
+    Each row: ``instruction``, ``human``, ``referenced``, ``direct`` (strings), optional ``id``, and ``ratings``
+    (``{kind: {"helpfulness": 0-9 or null, "correctness": 0-9 or null}}``; null means the judge's rating could
+    not be parsed). Other keys (``domain``, ...) are ignored.
+
+    Raises:
+        InputError: naming the file, the line and the field of the first bad row.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SelectbenchError(f"scar training data {source}: no such file")
+    text = path.read_text(encoding="utf-8")
+    rows: list[tuple[str, Any]] = []
+    if text.lstrip().startswith("["):
+        try:
+            rows = [(f"item {i}", row) for i, row in enumerate(json.loads(text))]
+        except json.JSONDecodeError as err:
+            raise InputError(source, None, None, f"invalid JSON: {err}") from None
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise InputError(source, f"line {number}", None, f"invalid JSON: {err.msg}") from None
+    out = [_quadruple(source, where, row, i) for i, (where, row) in enumerate(rows)]
+    if not out:
+        raise InputError(source, None, None, "no quadruples in the file")
+    return out
+
+
+def _quadruple(source: str, where: str, row: Any, index: int) -> Quadruple:
+    hint = "expected the quadruple format of selectbench/data/demo/scar_train.jsonl (see `selectbench scar train -h`)"
+    if not isinstance(row, dict):
+        raise InputError(source, where, None, f"expected an object, got {type(row).__name__}", hint)
+    for key in ("instruction", *KINDS):
+        if not isinstance(row.get(key), str):
+            raise InputError(source, where, key, f"expected a string, got {row.get(key)!r:.60}", hint)
+    if not row["instruction"].strip():
+        raise InputError(source, where, "instruction", "is empty")
+    ratings = row.get("ratings")
+    parsed: dict[str, dict[str, float | None]] | None = None
+    if ratings is not None:
+        if not isinstance(ratings, dict):
+            raise InputError(source, where, "ratings", f"expected an object, got {ratings!r:.60}", hint)
+        parsed = {}
+        for kind in KINDS:
+            entry = ratings.get(kind)
+            if not isinstance(entry, dict):
+                raise InputError(source, where, f"ratings.{kind}", f"expected an object, got {entry!r:.60}", hint)
+            parsed[kind] = {}
+            for aspect in ASPECTS:
+                value = entry.get(aspect)
+                ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+                if not ok or (value is not None and not 0 <= value <= 9):
+                    raise InputError(
+                        source, where, f"ratings.{kind}.{aspect}", f"expected a number 0-9 or null, got {value!r}"
+                    )
+                parsed[kind][aspect] = None if value is None else float(value)
+    return Quadruple(
+        id=str(row.get("id", index)),
+        instruction=row["instruction"],
+        answers={kind: row[kind] for kind in KINDS},
+        ratings=parsed,
+    )
+
+
+def quality(q: Quadruple, kind: str, score_type: str) -> float | None:
+    """The quality the pair filter uses: the mean of the chosen aspects, or None if any is missing."""
+    if q.ratings is None:
+        return None
+    values = [q.ratings[kind][a] for a in SCORE_TYPES[score_type]]
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def pair_passes(q: Quadruple, a: str, b: str, config: ScarTrainConfig) -> bool:
+    """Whether the pair (a, b) of this row enters its ranking term: the answers differ and their qualities meet
+    the constraint (default ``abs``: both strictly between ``constraint_min`` and ``constraint_max``).
+
+    A missing rating fails every constraint except ``none`` (the reference stores a failed parse as 0, which
+    fails them too).
+    """
+    if q.answers[a] == q.answers[b]:
+        return False
+    mode, low, high = config.constraint_mode, config.constraint_min, config.constraint_max
+    if mode == "none":
+        return True
+    s1, s2 = quality(q, a, config.score_type), quality(q, b, config.score_type)
+    if s1 is None or s2 is None:
+        return False
+    if mode == "abs":
+        return min(s1, s2) > low and max(s1, s2) < high
+    if mode == "abs_pos":
+        return low < s1 < high
+    if mode == "diff":
+        return abs(s1 - s2) < high
+    return abs(s1 - s2) < high and min(s1, s2) > low  # abs_diff
+
+
+def pair_masks(rows: list[Quadruple], config: ScarTrainConfig) -> dict[tuple[str, str], np.ndarray]:
+    """For each ordering (a, b) in PAIRS, which rows pass the pair filter."""
+    if config.constraint_mode != "none":
+        unrated = [q.id for q in rows if q.ratings is None]
+        if unrated:
+            raise SelectbenchError(
+                f"{len(unrated)} quadruple(s) have no ratings (first: {unrated[0]}); the pair filter "
+                f"(constraint_mode={config.constraint_mode}) needs them. Rate them with `selectbench scar "
+                "build-data`, or train with --set constraint_mode=none"
+            )
+    return {(a, b): np.array([pair_passes(q, a, b, config) for q in rows], dtype=bool) for a, b in PAIRS}
+
+
+def split_rows(n: int, holdout_fraction: float = 0.2, seed: int = 42) -> tuple[list[int], list[int], list[int]]:
+    """``(train, val, test)`` indices, as the reference splits: scikit-learn's ``train_test_split(test_size=0.2,
+    random_state=42)``, then the held-out part split 50/50 with the same seed, its first half test, second val.
+
+    Reproduced with ``numpy.random.RandomState`` exactly as scikit-learn's ``ShuffleSplit`` draws it (the test
+    suite checks the equality where scikit-learn is installed), so scikit-learn is not a dependency.
+    """
+
+    def split(items: list[int], test_size: float) -> tuple[list[int], list[int]]:
+        n_test = math.ceil(test_size * len(items))
+        perm = np.random.RandomState(seed).permutation(len(items))
+        return [items[i] for i in perm[n_test:]], [items[i] for i in perm[:n_test]]
+
+    train, holdout = split(list(range(n)), holdout_fraction)
+    test, val = split(holdout, 0.5)
+    return train, val, test
+
+
+def pairwise_accuracy(scores: dict[str, np.ndarray]) -> float:
+    """``[#(s_d > s_r) + #(s_d > s_h) + #(s_r > s_h)] / 3N`` over all rows (no quality filter)."""
+    n = len(scores["human"])
+    if n == 0:
+        return float("nan")
+    wins = sum(int((scores[a] > scores[b]).sum()) for a, b in PAIRS)
+    return wins / (3 * n)
+
+
+def data_fingerprint(path: str | os.PathLike[str]) -> str:
+    """sha256 of the training file's bytes (first 16 hex digits)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_ranker(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: ScarTrainConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a ranker on the quadruples in ``data`` and write it to ``out``; return the meta written.
+
+    ``out`` gets the checkpoint (``config.json``, ``pytorch_model.bin``, tokenizer files), then ``meta.json``
+    (config, split sizes, filter counts, per-epoch validation accuracy, best epoch, test accuracy, timings,
+    versions), then ``DONE``. A folder that already has ``DONE`` for the same data, config and encoder is left
+    as it is; anything else in an unfinished folder is overwritten.
+    """
+    from selectbench.io import versions, write_json
+    from selectbench.models.spec import resolve_model
+
+    config = config or ScarTrainConfig()
+    out = Path(out)
+    rows = load_quadruples(data)
+    encoder = resolve_model(config.encoder)
+    identity = {"data": data_fingerprint(data), "encoder": encoder.fingerprint, "config": config.to_dict()}
+    if (out / DONE_FILE).exists() and (out / META_FILE).exists():
+        meta = json.loads((out / META_FILE).read_text())
+        if meta.get("identity") == identity:
+            return meta
+    if (out / DONE_FILE).exists():
+        (out / DONE_FILE).unlink()
+    start = time.perf_counter()
+    result = _fit(rows, config, progress=progress)
+    from selectbench.selectors.scar.model import save_ranker
+
+    save_ranker(result.pop("model"), result.pop("tokenizer"), out)
+    meta = {
+        "stage": "scar-train",
+        "data": {"path": str(data), "fingerprint": identity["data"], "n": len(rows)},
+        "encoder": {"spec": config.encoder, "path": encoder.path, "fingerprint": encoder.fingerprint},
+        "config": config.to_dict(),
+        "identity": identity,
+        **result,
+        "timings": {"total": time.perf_counter() - start, **result.get("timings", {})},
+        "versions": versions("torch", "transformers"),
+    }
+    write_json(out / META_FILE, meta)
+    (out / DONE_FILE).write_text("")
+    return meta
+
+
+def _fit(rows: list[Quadruple], config: ScarTrainConfig, *, progress: bool) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from selectbench.selectors.scar.model import new_ranker, pick_device, tokenize_texts
+
+    train_idx, val_idx, test_idx = split_rows(len(rows), config.holdout_fraction, config.split_seed)
+    if not (train_idx and val_idx and test_idx):
+        raise SelectbenchError(
+            f"scar train: {len(rows)} quadruples split into {len(train_idx)} train / {len(val_idx)} validation / "
+            f"{len(test_idx)} test rows; each needs at least one (use more data or a larger holdout_fraction)"
+        )
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    model, tokenizer = new_ranker(
+        config.encoder, linear_dim=config.linear_dim, trust_remote_code=config.trust_remote_code
+    )
+    model.to(device)
+    masks = pair_masks(rows, config)
+    # Tokenise every text once; batches pad what they take.
+    ins_ids = tokenize_texts(tokenizer, [q.instruction for q in rows], config.max_length)
+    ans_ids = {k: tokenize_texts(tokenizer, [q.answers[k] for q in rows], config.max_length) for k in KINDS}
+
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    rank_loss = torch.nn.MarginRankingLoss(margin=config.margin)
+    triplet = torch.nn.TripletMarginLoss(margin=config.triplet_margin, p=2)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def evaluate(indices: list[int]) -> float:
+        return pairwise_accuracy(_score_rows(model, tokenizer, ins_ids, ans_ids, indices, config, device))
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "val_accuracy": -1.0}
+    best_state: dict[str, Any] | None = None
+    bar = tqdm(
+        total=total_steps, unit="step", desc="scar train", file=sys.stderr, disable=not progress, mininterval=1.0
+    )
+    fit_start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
+        losses: list[float] = []
+        skipped = 0
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            loss = _batch_loss(model, tokenizer, batch, ins_ids, ans_ids, masks, config, device, rank_loss, triplet)
+            # Nothing passed any filter (or every term is exactly 0): the reference skips the optimizer and
+            # scheduler step, so the schedule runs on the nominal step count.
+            if loss is None or loss.item() == 0.0:
+                skipped += 1
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            bar.update(1)
+        val_accuracy = evaluate(val_idx)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "skipped_steps": skipped,
+            "val_accuracy": val_accuracy,
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history.append(record)
+        if val_accuracy > best["val_accuracy"]:  # strictly better, as the reference
+            best = {"epoch": epoch, "val_accuracy": val_accuracy}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        bar.set_postfix(epoch=epoch, val_acc=f"{val_accuracy:.3f}", best=f"{best['val_accuracy']:.3f}")
+    bar.close()
+    fit_seconds = time.perf_counter() - fit_start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test_accuracy = evaluate(test_idx)
+    counts = {f"{a}>{b}": int(m[train_idx].sum()) for (a, b), m in masks.items()}
+    all_pass = np.logical_and.reduce(list(masks.values()))
+    counts["all_three"] = int(all_pass[train_idx].sum())
+    return {
+        "model": model.to("cpu"),
+        "tokenizer": tokenizer,
+        "device": device,
+        "split": {
+            "train": len(train_idx),
+            "val": len(val_idx),
+            "test": len(test_idx),
+            "val_ids": [rows[i].id for i in val_idx],
+            "test_ids": [rows[i].id for i in test_idx],
+        },
+        "train_pairs_passing_filter": counts,
+        "steps": {"per_epoch": steps_per_epoch, "total": total_steps},
+        "history": history,
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "test_accuracy": test_accuracy,
+        "timings": {"fit": fit_seconds},
+    }
+
+
+def _batch_loss(
+    model: Any,
+    tokenizer: Any,
+    batch: list[int],
+    ins_ids: list[list[int]],
+    ans_ids: dict[str, list[list[int]]],
+    masks: dict[tuple[str, str], np.ndarray],
+    config: ScarTrainConfig,
+    device: str,
+    rank_loss: Any,
+    triplet: Any,
+) -> Any:
+    """The SCAR loss of one batch, or None when no row passes any pair filter (no forward pass is needed then)."""
+    import torch
+
+    from selectbench.selectors.scar.model import pad_batch
+
+    row_masks = {pair: masks[pair][batch] for pair in PAIRS}
+    if not any(m.any() for m in row_masks.values()):
+        return None
+    ins = [ins_ids[i] for i in batch]
+    out: dict[str, tuple[Any, Any, Any]] = {}
+    for kind in ("direct", "referenced", "human"):
+        # One model call per answer kind, each re-encoding the instruction (with its own dropout), as the
+        # reference does.
+        i_ids, i_mask = pad_batch(tokenizer, ins, device)
+        a_ids, a_mask = pad_batch(tokenizer, [ans_ids[kind][i] for i in batch], device)
+        out[kind] = model(i_ids, i_mask, a_ids, a_mask)
+    terms = []
+    for a, b in PAIRS:
+        keep = torch.from_numpy(row_masks[(a, b)]).to(device)
+        if keep.any():
+            s_a, s_b = out[a][0][keep], out[b][0][keep]
+            terms.append(rank_loss(s_a, s_b, torch.ones_like(s_a)))
+    if not terms:
+        return None
+    loss = torch.stack(terms).sum()
+    every = torch.from_numpy(np.logical_and.reduce(list(row_masks.values()))).to(device)
+    if config.disentangle_weight and every.any():
+        (_, vc_d, vp_d), (_, vc_r, vp_r), (_, vc_h, vp_h) = out["direct"], out["referenced"], out["human"]
+        l_c = triplet(vc_r[every], vc_h[every], vc_d[every])  # anchor referenced, positive human, negative direct
+        l_p = triplet(vp_d[every], vp_r[every], vp_h[every])  # anchor direct, positive referenced, negative human
+        loss = loss + config.disentangle_weight * 0.5 * (l_c + l_p)
+    return loss
+
+
+def _score_rows(
+    model: Any,
+    tokenizer: Any,
+    ins_ids: list[list[int]],
+    ans_ids: dict[str, list[list[int]]],
+    indices: list[int],
+    config: ScarTrainConfig,
+    device: str,
+) -> dict[str, np.ndarray]:
+    from selectbench.selectors.scar.model import score_tokenized
+
+    return {
+        kind: score_tokenized(
+            model,
+            tokenizer,
+            [ins_ids[i] for i in indices],
+            [ans_ids[kind][i] for i in indices],
+            batch_size=config.eval_batch_size,
+            device=device,
+        )
+        for kind in KINDS
+    }
+
+
+__all__ = [
+    "Quadruple",
+    "ScarTrainConfig",
+    "load_quadruples",
+    "pair_passes",
+    "pairwise_accuracy",
+    "split_rows",
+    "train_ranker",
+]
