@@ -1,0 +1,6 @@
+"""The one fine-tuning recipe every subset goes through: ``finetune(subset, model, config, out_dir)``."""
+
+from selectbench.finetune.config import FinetuneConfig
+from selectbench.finetune.recipe import finetune, load_subset, measure_subset
+
+__all__ = ["FinetuneConfig", "finetune", "load_subset", "measure_subset"]
