@@ -8,7 +8,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from selectbench import __version__
@@ -16,7 +15,12 @@ from selectbench.errors import SelectbenchError
 
 # Subcommands that live beside their stage: each module has ``add_parser(subparsers)``, which adds the
 # subcommand and sets ``func`` (called with the parsed args, returns the exit status).
-STAGE_COMMANDS: tuple[str, ...] = ("selectbench.reports.cli",)
+STAGE_COMMANDS: tuple[str, ...] = (
+    "selectbench.reports.cli",
+    "selectbench.evaluate.cli",
+    "selectbench.finetune.cli",
+    "selectbench.selectors.scar.cli",
+)
 
 
 def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -59,8 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run an experiment; with no config, the embedded demo")
-    run.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    run.add_argument("config", nargs="?", help="experiment YAML (default: the embedded demo)")
+    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
+    run.add_argument("--out", help="output folder (default: the config's `out`, else runs/<name>)")
+    run.add_argument("--quick", action="store_true", help="the quick demo preset (no config only; ~3 minutes)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and its cost estimate; run nothing")
     run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check an experiment YAML; every problem is reported at once")
+    validate.add_argument("config", help="experiment YAML")
+    validate.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value")
+    validate.set_defaults(func=cmd_validate)
 
     select = sub.add_parser("select", help="select a subset of a pool and write selection.jsonl + meta.json")
     _add_pool_args(select)
@@ -182,13 +195,33 @@ def _list_models() -> list[tuple[str, str]]:
 
 # `selectbench ls WHAT`: each entry returns (name, description) rows. Stages add theirs here.
 LISTINGS = {"selectors": _list_selectors, "models": _list_models}
+LISTINGS["benchmarks"] = lambda: importlib.import_module("selectbench.evaluate.benchmarks").list_benchmarks()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``selectbench run`` with no config: the embedded demo."""
-    from selectbench.experiment import run_demo
+    """``selectbench run [CONFIG]``: the whole grid, resumable; with no config, the embedded demo."""
+    from selectbench.config import load_config
+    from selectbench.experiment import QUICK_PATH
+    from selectbench.runner import run_experiment
 
-    run_demo(Path(args.out))
+    if args.quick and args.config:
+        raise SelectbenchError("--quick is the quick demo preset; it does not combine with a config file")
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out={args.out}")
+    config = load_config(QUICK_PATH if args.quick else args.config, overrides)
+    run_experiment(config, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``selectbench validate CONFIG``: load strictly and report."""
+    from selectbench.config import load_config
+    from selectbench.runner import plan
+
+    config = load_config(args.config, list(args.set or []))
+    grid = plan(config, config.pool.limit or 10**9)
+    print(f"{args.config}: valid; {len(grid)} runs, benchmarks {', '.join(config.evaluate.benchmarks)}")
     return 0
 
 
