@@ -332,16 +332,33 @@ def test_an_empty_subset_is_an_error(tiny_llama_dir: Path, tmp_path: Path) -> No
     assert not (tmp_path / "ft").exists()
 
 
-def test_a_subset_longer_than_max_length_everywhere_is_an_error_with_a_suggestion(
+def test_a_subset_longer_than_max_length_everywhere_is_an_error_with_a_suggestion_when_dropping(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     subset = write_jsonl(tmp_path / "subset.jsonl", rows(6))
-    result = cli_finetune(subset, tiny_llama_dir, tmp_path / "ft", "max_length=8")
+    result = cli_finetune(subset, tiny_llama_dir, tmp_path / "ft", "max_length=8", "overlong=drop")
     assert result.returncode == 2, result.stderr
     assert "all 6 examples are longer than max_length=8 tokens" in result.stderr
+    assert "overlong=drop leaves nothing to train on" in result.stderr
     lengths = token_lengths(*tokenizer_and_rows(tiny_llama_dir, pool_from_records(rows(6))))
     assert f"--set max_length={64 * -(-max(lengths) // 64)}" in result.stderr  # covers them all here
     assert not (tmp_path / "ft").exists() and not list(tmp_path.glob(".ft*"))
+
+
+def test_a_subset_longer_than_max_length_everywhere_is_truncated_with_a_warning_by_default(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    subset = write_jsonl(tmp_path / "subset.jsonl", rows(6))
+    tokenizer, chats = tokenizer_and_rows(tiny_llama_dir, pool_from_records(rows(6)))
+    lengths, prompts = token_lengths(tokenizer, chats), token_lengths(tokenizer, chats, prompts=True)
+    limit = max(prompts) + 1  # every example is over, yet each keeps a response token
+    assert limit < min(lengths)
+    result = cli_finetune(subset, tiny_llama_dir, tmp_path / "ft", f"max_length={limit}", "batch_size=3", "epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: all 6 examples are longer than max_length={limit} tokens" in result.stderr
+    assert f"--set max_length={64 * -(-max(lengths) // 64)}" in result.stderr
+    meta = json.loads((tmp_path / "ft" / "meta.json").read_text())
+    assert meta["data"]["over_max_length"] == 6 and meta["trained"]["tokens"] == 6 * limit
 
 
 def test_some_examples_over_max_length_are_truncated_or_dropped(tiny_llama_dir: Path, tmp_path: Path) -> None:

@@ -551,11 +551,16 @@ def _fit_length(dataset: Any, config: FinetuneConfig, *, say: bool = True) -> tu
     n, limit = len(lengths), config.max_length
     over = [i for i, length in enumerate(lengths) if length > limit]
     if len(over) == n:
-        raise SelectbenchError(
+        everything = (
             f"all {n} examples are longer than max_length={limit} tokens (shortest {min(lengths)}, median "
-            f"{sorted(lengths)[n // 2]}, longest {max(lengths)}); raise it, e.g. --set max_length="
-            f"{suggest_max_length(lengths)} (keeps about 95% of them whole)"
+            f"{sorted(lengths)[n // 2]}, longest {max(lengths)})"
         )
+        advice = f"--set max_length={suggest_max_length(lengths)} keeps about 95% of them whole"
+        if config.overlong == "drop":
+            raise SelectbenchError(f"{everything}, so overlong=drop leaves nothing to train on; {advice}")
+        # Truncation still trains on every example (the start of each); a longest-response subset under a short
+        # shared max_length legitimately lands here, so it is a warning, not an error.
+        print(f"warning: {everything}: every one is truncated; {advice}", file=sys.stderr)
     info: dict[str, Any] = {"examples": n, "over_max_length": len(over), "overlong": config.overlong, "dropped": 0}
     if not over:
         return dataset, info
