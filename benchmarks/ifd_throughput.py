@@ -221,7 +221,11 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="hf engine padded tokens per batch")
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="hf engine padded tokens per batch (default: the engine's, 8192 on cuda, 1 on cpu)",
+    )
     parser.add_argument(
         "--also-batch-tokens",
         default="",
@@ -250,6 +254,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.batch_tokens is None:  # the engine's default for this device
+        args.batch_tokens = 8192 if device.type == "cuda" else 1
 
     data = build_examples(args.model, args.limit, args.max_length, args.template)
     passes = data["passes"]

@@ -11,11 +11,14 @@ from conftest import run_cli, write_jsonl
 from selectbench.evaluate.benchmarks import evaluate
 
 
-def test_ls_benchmarks_lists_each_with_a_description() -> None:
+def test_ls_benchmarks_lists_each_with_a_description_and_its_options() -> None:
     result = run_cli("ls", "benchmarks")
     assert result.returncode == 0, result.stderr
-    rows = dict(line.split(None, 1) for line in result.stdout.strip().splitlines())
+    lines = result.stdout.strip().splitlines()
+    rows = dict(line.split(None, 1) for line in lines if not line.startswith(" "))
     assert set(rows) == {"humaneval", "alpacaeval", "heldout-nll"}
+    options = [line.split()[1] for line in lines if line.startswith(" ")]
+    assert {"k=1", "judge=local", "judge_api_key_env=OPENAI_API_KEY", "file=demo"} <= set(options)
     assert (
         "pass@1" in rows["humaneval"]
         and "alpaca-eval" in rows["alpacaeval"]

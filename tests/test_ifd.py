@@ -64,12 +64,13 @@ def reference_losses(model_dir: Path, row: dict, template: str, direct_context: 
     return cond, direct, n
 
 
+@pytest.mark.parametrize("batch_tokens", [256, None], ids=["padded-batches", "cpu-default-one-row"])
 @pytest.mark.parametrize(
     ("template", "direct_context", "max_length"),
     [("alpaca", "### Response:", 64), ("alpaca", "none", 512), ("none", "### Response:", 48)],
 )
 def test_ifd_equals_an_unbatched_reference(
-    tiny_llama_dir: Path, template: str, direct_context: str, max_length: int
+    tiny_llama_dir: Path, template: str, direct_context: str, max_length: int, batch_tokens: int | None
 ) -> None:
     pool = pool_from_records(ROWS)
     selector = make_selector(
@@ -79,7 +80,7 @@ def test_ifd_equals_an_unbatched_reference(
         direct_context=direct_context,
         max_length=max_length,
         engine="hf",
-        batch_tokens=256,
+        batch_tokens=batch_tokens,
     )
     fields = selector.score_fields(pool)
     for i, row in enumerate(ROWS):

@@ -112,7 +112,7 @@ class HeldoutParams:
     file: str = _opt("demo", "reference responses (any pool file); 'demo' = the demo corpus's open_eval.jsonl")
     max_length: int = _opt(2048, "tokens per prompt + response; longer examples are cut there")
     scoring_engine: str = _opt("auto", "auto (the --engine, or hf where vLLM cannot score), hf or vllm")
-    batch_tokens: int = _opt(8192, "hf scoring: padded tokens per batch")
+    batch_tokens: int | None = _opt(None, "hf scoring: padded tokens per batch (default: 8192 on GPU, 1 row on CPU)")
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,14 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def list_benchmarks() -> list[tuple[str, str]]:
-    """``(name, description)`` rows for ``selectbench ls benchmarks``."""
-    return [(b.name, b.description) for b in BENCHMARKS.values()]
+    """``(name, description)`` rows for ``selectbench ls benchmarks``, each followed by its ``--param`` options
+    (``key=default  help``) on rows of their own."""
+    rows = []
+    for bench in BENCHMARKS.values():
+        rows.append((bench.name, bench.description))
+        for option in dataclasses.fields(bench.params):
+            rows.append(("", f"  --param {option.name}={option.default}  {option.metadata.get('help', '')}"))
+    return rows
 
 
 def parse_params(benchmark: Benchmark, params: dict[str, Any]) -> Any:

@@ -45,14 +45,16 @@ class HFLossEngine:
         model: a model spec (alias, folder, .gguf, hub id).
         dtype: ``float32`` (default; exact comparisons) or ``bfloat16``/``float16`` on a GPU.
         device: ``cuda``/``cpu``; default CUDA when available.
-        batch_tokens: padded tokens per batch (length x batch size).
+        batch_tokens: padded tokens per batch (length x batch size). Default: 8192 on a GPU; on CPU each example
+            alone, because there a padded batch (masked attention, padding positions) costs more than batching
+            saves (``benchmarks/RESULTS.md``, IFD scoring throughput).
         progress: show a progress bar with examples/s and ETA.
     """
 
     model: str
     dtype: str = "float32"
     device: str | None = None
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None
     progress: bool = True
     name: str = "hf"
     _loaded: dict[str | None, Any] = field(default_factory=dict, repr=False)
@@ -86,16 +88,21 @@ class HFLossEngine:
         device = next(model.parameters()).device
         pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         order = sorted(todo, key=lambda i: len(sequences[i]), reverse=True)
+        budget = self.batch_tokens if self.batch_tokens is not None else (8192 if device.type == "cuda" else 1)
         bar = _bar(len(order), self.progress)
         with torch.inference_mode():
-            for batch in _batches(order, [len(sequences[i]) for i in range(n)], self.batch_tokens):
+            for batch in _batches(order, [len(sequences[i]) for i in range(n)], budget):
                 width = len(sequences[batch[0]])
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, i in enumerate(batch):
                     ids[row, : len(sequences[i])] = torch.tensor(sequences[i], dtype=torch.long)
                     mask[row, : len(sequences[i])] = 1
-                hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                # Without padding, no mask: attention then takes its plain causal path (much faster on CPU).
+                padded = bool((mask == 0).any())
+                hidden = backbone(
+                    input_ids=ids.to(device), attention_mask=mask.to(device) if padded else None
+                ).last_hidden_state
                 # Token p is predicted by the hidden state at p - 1; gather only those states.
                 lengths = torch.tensor([len(sequences[i]) for i in batch])
                 firsts = torch.tensor([max(starts[i], 1) for i in batch])

@@ -124,7 +124,8 @@ class IFDSelector(ScoreSelector):
         budget_base: ``kept`` (default: a fraction of the examples that pass the filter) or ``full``.
         engine: ``auto`` (vLLM with a GPU, else transformers), ``hf`` or ``vllm``.
         dtype: model dtype for scoring (``float32`` default).
-        batch_tokens: padded tokens per batch for the ``hf`` engine.
+        batch_tokens: padded tokens per batch for the ``hf`` engine; default 8192 on a GPU, one example per
+            batch on CPU (faster there).
     """
 
     model: str = "smollm2-135m-instruct"
@@ -136,7 +137,7 @@ class IFDSelector(ScoreSelector):
     budget_base: str = "kept"
     engine: str = "auto"
     dtype: str = "float32"
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
