@@ -217,6 +217,21 @@ def test_lora_run_lowers_loss_and_writes_an_adapter_peft_loads(tiny_llama_dir: P
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)
 
 
+def test_a_one_step_run_trains_despite_the_default_warmup(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    # 4 examples, batch 4, one epoch: one optimizer step. Rounded up, warmup_ratio=0.03 would make it a warmup step
+    # at learning rate 0 and leave the adapter exactly as initialised.
+    run = finetune(
+        pool_from_records(rows(4)), str(tiny_llama_dir), FinetuneConfig.from_overrides(FAST), tmp_path / "ft",
+        progress=False,
+    )  # fmt: skip
+    assert run["trained"]["steps"] == 1
+    weights = load_file(tmp_path / "ft" / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero
+
+
 def test_two_runs_with_one_recipe_give_the_same_loss_curve(tiny_llama_dir: Path, tmp_path: Path) -> None:
     config = FinetuneConfig.from_overrides({"epochs": 2, "batch_size": 4})
     first = finetune(pool_from_records(rows(8)), str(tiny_llama_dir), config, tmp_path / "a", progress=False)

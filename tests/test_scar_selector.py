@@ -287,7 +287,7 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cache = tmp_path_factory.mktemp("scar-default-cache")
     out = tmp_path_factory.mktemp("scar-default") / "sel"
     env = {**os.environ, "SELECTBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    # Not run_cli: its 10-minute limit is shorter than training on shared cores (~32 min measured, ~8 idle).
+    # Not run_cli: training takes about 2 minutes on 2 idle cores, many times that on shared ones.
     result = subprocess.run(
         [sys.executable, "-m", "selectbench", "select", "--pool", "demo", "--selector", "scar", "--budget", "0.1",
          "--out", str(out)],
@@ -299,7 +299,7 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cache": cache, "out": out, "ranker": ranker}
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_select_demo_with_the_default_ranker_from_a_fresh_cache(default_run: dict[str, Path]) -> None:
     lines = (default_run["out"] / "selection.jsonl").read_text().splitlines()
     assert len(lines) == 41  # floor(0.1 * 411): the demo pool has no duplicates
@@ -307,7 +307,7 @@ def test_select_demo_with_the_default_ranker_from_a_fresh_cache(default_run: dic
     assert meta["selector"] == "scar" and meta["params"]["ranker"] is None
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_default_ranker_ranks_held_out_llm_answers_above_human_ones(default_run: dict[str, Path]) -> None:
     meta = json.loads((default_run["ranker"] / "meta.json").read_text())
     assert meta["config"]["encoder"] == "minilm-l6"
@@ -315,7 +315,7 @@ def test_default_ranker_ranks_held_out_llm_answers_above_human_ones(default_run:
     assert meta["val_accuracy"] > 0.6 and meta["test_accuracy"] > 0.6, meta
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_default_ranker_scores_demo_llm_style_good_answers_above_human_ones(
     default_run: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

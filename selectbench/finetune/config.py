@@ -18,7 +18,7 @@ from selectbench.errors import SelectbenchError
 
 # Bump when the recipe code changes what a given config trains (data order, loss masking, truncation ...), so that
 # runs made before and after the change never share a recipe hash.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: warmup steps are warmup_ratio x steps rounded down, not up
 
 MATCHING = ("epochs", "steps", "tokens")
 
@@ -57,7 +57,10 @@ class FinetuneConfig:
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
         default="cosine", metadata=_help("learning-rate schedule after warmup")
     )
-    warmup_ratio: float = field(default=0.03, metadata=_help("share of the optimizer steps spent warming up, [0, 1)"))
+    warmup_ratio: float = field(
+        default=0.03,
+        metadata=_help("share of the optimizer steps spent warming up, [0, 1); rounded down (a short run has none)"),
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
     epochs: float = field(default=3, metadata=_help("passes over the subset (matching=epochs only)"))

@@ -434,7 +434,7 @@ def prepare_training(
         train_sampling_strategy="sequential",
         learning_rate=recipe["learning_rate"],
         lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        warmup_steps=0,  # set below from warmup_ratio, once the number of optimizer steps is known
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
@@ -470,6 +470,10 @@ def prepare_training(
     loss_tokens = [sum(label != -100 for label in labels) for labels in data["labels"]]
     order, target = training_order(lengths, config)
     trainer.train_dataset = data.select(order)
+    # Rounded down: transformers rounds a warmup ratio up, so a run of a few steps would spend its first (or only)
+    # step at learning rate 0 and, with one step, end exactly where it started.
+    steps = math.ceil(math.ceil(len(order) / (micro * world)) / accumulation)
+    trainer.args.warmup_steps = math.floor(config.warmup_ratio * steps)
     return Prepared(
         trainer, data, lengths, loss_tokens, order, target, data_info, fell_back, precision, micro, accumulation, world
     )

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 DEFAULT_ENCODER = "minilm-l6"
 BUNDLED_DATA = Path(__file__).resolve().parent.parent.parent / "data" / "demo" / "scar_train.jsonl"
 # The bundled-data ranker trains for 1 epoch instead of the reference's 10 (ALGORITHMS.md fixes no epoch count):
-# one epoch over the 128 training quadruples costs about 900 CPU-seconds with minilm-l6 (measured: 32 minutes of
-# wall time on 2 shared cores; an estimated 8 on idle ones) and already reaches a validation pairwise accuracy of
-# 0.79, test 0.79 (chance 0.5). The value is recorded in the ranker's meta.json; train longer with
-# `selectbench scar train --set epochs=10` and pass ranker=DIR.
+# one epoch over the 128 training quadruples with minilm-l6 takes 112 s on an idle 2-core CPU (measured
+# 2026-12-07; many times that when the cores are shared) and already reaches a validation pairwise accuracy of
+# 0.79, test 0.79 (chance 0.5). It runs on the first use of the default `scar`, so it counts against the demo's
+# time. The value is recorded in the ranker's meta.json; train longer with `selectbench scar train --set
+# epochs=10` and pass ranker=DIR.
 DEFAULT_RANKER_EPOCHS = 1
 CHUNK = 1024  # records per cached score chunk: a killed run loses at most one chunk of work
 SCORE_VERSION = 1
