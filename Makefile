@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-long demo lint format bench clean chromium
+.PHONY: install test demo lint format bench clean chromium
 
 install: $(STAMP)
 
@@ -25,10 +25,6 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
-
-# The tests marked `long` (each over 5 minutes on a 2-core CPU); `make test` skips them.
-test-long: $(STAMP)
-	SELECTBENCH_LONG_TESTS=1 $(BIN)/python -m pytest -m long
 
 demo: $(STAMP)
 	$(BIN)/selectbench run

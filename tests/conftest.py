@@ -11,17 +11,6 @@ from pathlib import Path
 import pytest
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`long` tests (each over 5 minutes here) run only with SELECTBENCH_LONG_TESTS=1 (`make test-long`), so that
-    `make test` stays under 30 minutes on a 2-core CPU."""
-    if os.environ.get("SELECTBENCH_LONG_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="long test: run with `make test-long` (SELECTBENCH_LONG_TESTS=1)")
-    for item in items:
-        if "long" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own selectbench cache, so converted pools never leak between tests."""

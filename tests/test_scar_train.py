@@ -457,7 +457,7 @@ def test_build_data_against_an_openai_compatible_server_never_writes_the_key(
     assert secret not in result.stdout + result.stderr
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_build_data_with_smollm2_end_to_end(tmp_path: Path) -> None:
     pool = write_jsonl(
         tmp_path / "pairs.jsonl",
