@@ -248,14 +248,14 @@ def main() -> int:
     import torch
     import transformers
 
-    from selectbench.models.scoring import HFLossEngine
+    from selectbench.models.scoring import HFLossEngine, default_batch_tokens
     from selectbench.selectors.ifd import CHUNK
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if args.batch_tokens is None:  # the engine's default for this device
-        args.batch_tokens = 8192 if device.type == "cuda" else 1
+    if args.batch_tokens is None:
+        args.batch_tokens = default_batch_tokens(device.type)
 
     data = build_examples(args.model, args.limit, args.max_length, args.template)
     passes = data["passes"]

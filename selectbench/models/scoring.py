@@ -88,7 +88,7 @@ class HFLossEngine:
         device = next(model.parameters()).device
         pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         order = sorted(todo, key=lambda i: len(sequences[i]), reverse=True)
-        budget = self.batch_tokens if self.batch_tokens is not None else (8192 if device.type == "cuda" else 1)
+        budget = self.batch_tokens if self.batch_tokens is not None else default_batch_tokens(device.type)
         bar = _bar(len(order), self.progress)
         with torch.inference_mode():
             for batch in _batches(order, [len(sequences[i]) for i in range(n)], budget):
@@ -129,6 +129,12 @@ class HFLossEngine:
                 bar.update(len(batch))
         bar.close()
         return sums, counts
+
+
+def default_batch_tokens(device_type: str) -> int:
+    """The hf engine's padded-token budget per batch on ``device_type``: 8192 on a GPU; 1 (each example alone,
+    unpadded) on CPU, where padding and masked attention cost more than batching saves."""
+    return 8192 if device_type == "cuda" else 1
 
 
 def _batches(order: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
