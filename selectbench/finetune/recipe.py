@@ -554,17 +554,13 @@ def _fit_length(dataset: Any, config: FinetuneConfig, *, say: bool = True) -> tu
     lengths = [len(ids) for ids in dataset["input_ids"]]
     n, limit = len(lengths), config.max_length
     over = [i for i, length in enumerate(lengths) if length > limit]
-    if len(over) == n:
-        everything = (
-            f"all {n} examples are longer than max_length={limit} tokens (shortest {min(lengths)}, median "
-            f"{sorted(lengths)[n // 2]}, longest {max(lengths)})"
-        )
-        advice = f"--set max_length={suggest_max_length(lengths)} keeps about 95% of them whole"
-        if config.overlong == "drop":
-            raise SelectbenchError(f"{everything}, so overlong=drop leaves nothing to train on; {advice}")
-        # Truncation still trains on every example (the start of each); a longest-response subset under a short
-        # shared max_length legitimately lands here, so it is a warning, not an error.
-        print(f"warning: {everything}: every one is truncated; {advice}", file=sys.stderr)
+    everything = (
+        f"all {n} examples are longer than max_length={limit} tokens (shortest {min(lengths)}, median "
+        f"{sorted(lengths)[n // 2]}, longest {max(lengths)})"
+    )
+    advice = f"--set max_length={suggest_max_length(lengths)} keeps about 95% of them whole"
+    if len(over) == n and config.overlong == "drop":
+        raise SelectbenchError(f"{everything}, so overlong=drop leaves nothing to train on; {advice}")
     info: dict[str, Any] = {"examples": n, "over_max_length": len(over), "overlong": config.overlong, "dropped": 0}
     if not over:
         return dataset, info
@@ -591,7 +587,11 @@ def _fit_length(dataset: Any, config: FinetuneConfig, *, say: bool = True) -> tu
         note = "truncated (overlong=truncate)" + (
             f"; {len(empty)} had no response left within max_length and were dropped" if empty else ""
         )
-    if say:
+    if say and len(over) == n:
+        # Truncation still trains on every example (the start of each); a longest-response subset under a short
+        # shared max_length legitimately lands here, so it is a warning, not an error.
+        print(f"warning: {everything}: every one is {note}; {advice}", file=sys.stderr)
+    elif say:
         print(f"note: {len(over)} of {n} examples are longer than max_length={limit} tokens: {note}", file=sys.stderr)
     info["examples"] = n - info["dropped"]
     return dataset, info

@@ -98,8 +98,9 @@ class HFLossEngine:
                 for row, i in enumerate(batch):
                     ids[row, : len(sequences[i])] = torch.tensor(sequences[i], dtype=torch.long)
                     mask[row, : len(sequences[i])] = 1
-                # Without padding, no mask: attention then takes its plain causal path (much faster on CPU).
-                padded = bool((mask == 0).any())
+                # Without padding (the batch is length-sorted, so its last row is its shortest), no mask: attention
+                # then takes its plain causal path (much faster on CPU).
+                padded = len(sequences[batch[-1]]) < width
                 hidden = backbone(
                     input_ids=ids.to(device), attention_mask=mask.to(device) if padded else None
                 ).last_hidden_state
