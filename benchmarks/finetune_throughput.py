@@ -6,8 +6,9 @@ default recipe otherwise); its tokens/s counts real tokens (prompt + response, n
 ``trainer.train()``. The raw baselines run the same LoRA model over exactly the same token sequences in a plain
 loop of forward + backward (no optimizer, no data pipeline): one sequence at a time (no padding at all), and in
 the recipe's own micro-batches (padded to the longest). The ratio recipe / best raw is the overhead figure. A
-third baseline runs the 1-by-1 loop through the LM head TRL patches in (on CPU it scores every position and
-computes entropy and top-1 metrics): it shows how much of the gap is TRL's loss head.
+third baseline runs the 1-by-1 loop through the fused LM head TRL patches in (on CPU it scores every position and
+computes entropy and top-1 inside its autograd function): what TRL's own ``compute_loss`` would cost, which the
+recipe replaces on CPU.
 
     .venv/bin/python benchmarks/finetune_throughput.py [--examples 50] [--throughput-examples 16] [--repeats 3]
 """

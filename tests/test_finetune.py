@@ -182,6 +182,64 @@ def test_loss_is_computed_on_the_response_tokens_only(tiny_llama_dir: Path, tmp_
     assert measure_subset(pool, str(tiny_llama_dir), FinetuneConfig())["tokens"] == sum(run.lengths)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "logits_to_keep"),
+    [
+        ({"micro_batch_size": 4}, True),  # padded rows, no one of which holds every trained position
+        ({"micro_batch_size": 4}, False),  # a model without logits_to_keep: positions cut from the full logits
+        ({"micro_batch_size": 1}, True),
+        ({"batching": "packing", "micro_batch_size": 1, "max_length": 256}, True),  # several examples in one row
+    ],
+)
+def test_the_cpu_loss_matches_trls_fused_head_in_loss_gradients_and_metrics(
+    tiny_llama_dir: Path, tmp_path: Path, overrides: dict, logits_to_keep: bool
+) -> None:
+    import torch
+    from trl import SFTTrainer
+
+    # Long prompts with short responses beside short prompts with long ones: in a padded batch the trained
+    # positions of each row start and end where no other row's do.
+    pool = pool_from_records(
+        [
+            {"id": f"r{i}", "instruction": "Explain " + "the topic " * (1 + 12 * (i % 2)), "input": "",
+             "output": "word " * (1 + 12 * (1 - i % 2)) + f"end{i}."}
+            for i in range(4)
+        ]
+    )  # fmt: skip
+    config = FinetuneConfig.from_overrides({"batch_size": 4, "epochs": 1, "lora_dropout": 0.0, **overrides})
+    run = prepare_training(pool, str(tiny_llama_dir), config, tmp_path, progress=False)
+    trainer, model = run.trainer, run.trainer.model
+    trainer.logits_to_keep = logits_to_keep
+    batch = next(iter(trainer.get_train_dataloader()))
+    trained = int((batch["labels"][:, 1:] != -100).sum())
+    if config.micro_batch_size == 4:
+        rows_trained = (batch["labels"][:, 1:] != -100).tolist()
+        union = [any(column) for column in zip(*rows_trained, strict=True)]
+        assert all(row != union for row in rows_trained)
+    if config.batching == "packing":
+        assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) >= 2
+    model.train()
+
+    def step(compute_loss, num_items_in_batch) -> tuple[float, list, dict]:
+        trainer._metrics["train"].clear()
+        loss = compute_loss(trainer, model, dict(batch), num_items_in_batch=num_items_in_batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad(set_to_none=True)
+        metrics = {key: trainer._metrics["train"][key][-1] for key in ("entropy", "mean_token_accuracy")}
+        return loss.item(), grads, metrics
+
+    # With gradient accumulation the Trainer divides by the response tokens of all the accumulated batches.
+    for num_items_in_batch in (None, torch.tensor(3 * trained)):
+        ours = step(type(trainer).compute_loss, num_items_in_batch)
+        trls = step(SFTTrainer.compute_loss, num_items_in_batch)
+        assert ours[0] == pytest.approx(trls[0], rel=1e-5)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(ours[1], trls[1], strict=True))
+        assert ours[2] == pytest.approx(trls[2], rel=1e-5)
+    assert ours[0] == pytest.approx(step(type(trainer).compute_loss, None)[0] / 3, rel=1e-5)
+    assert trainer.logits_to_keep is logits_to_keep
+
+
 def test_lora_run_lowers_loss_and_writes_an_adapter_peft_loads(tiny_llama_dir: Path, tmp_path: Path) -> None:
     import torch
     from peft import PeftModel
