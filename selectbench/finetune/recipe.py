@@ -642,6 +642,7 @@ def _trainer_class() -> type:
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count spans every rank
 
+            # Into TRL's own metric store, which SFTTrainer.log averages and empties at each logging step.
             with torch.no_grad():
                 gather = self.accelerator.gather_for_metrics
                 n = gather(trained.sum()).sum()
