@@ -109,17 +109,19 @@ def test_cli_prints_the_terminal_leaderboard_and_replaces_old_plots(
     start = lines.index("humaneval/pass@1  (higher is better; mean [95% CI])")
     assert lines[start + 1 : start + 5] == [
         "  budget 6 (0.1)",
-        "     1  ifd               0.300  [0.100 – 0.500]",
-        "     2  longest           0.250  [0.100 – 0.450]",
+        "     1  ifd               0.300  [0.100 – 0.500]  Δ ≈ +0.100 (-0.100 – +0.300)",
+        "     2  longest           0.250  [0.100 – 0.450]  Δ ≈ +0.050 (-0.167 – +0.267)",
         "     3  random            0.200  [0.067 – 0.350]  3 seeds",
     ]
+    # The terminal ends with what the paired comparisons conclude.
+    assert "paired comparisons with random (Holm-adjusted, alpha 0.05):" in lines
     out = tmp_path / "cli-report"
     (out / "plots").mkdir(parents=True)
     (out / "plots" / "metric_vs_budget-gone-metric.png").write_bytes(b"a plot of an earlier report")
     done = run_cli("report", str(run), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert done.stdout == text
-    assert "cli-report/index.html (10 plots)" in done.stderr
+    assert "cli-report/index.html (15 plots)" in done.stderr
     # The earlier report's plot is gone; the folder holds exactly this report's plots.
     assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(
         n.removeprefix("plots/") for n in report if n.startswith("plots/")
@@ -230,7 +232,7 @@ def test_intrinsic_columns_are_reported(summary: pd.DataFrame) -> None:
 
 def test_report_folder_has_every_output(report: dict[str, Path], run: Path) -> None:
     names = set(report)
-    assert {"leaderboard.md", "index.html", "summary.csv", "meta.json"} <= names
+    assert {"leaderboard.md", "index.html", "summary.csv", "comparisons.csv", "meta.json"} <= names
     plots = {name for name in names if name.startswith("plots/")}
     assert plots == {
         "plots/metric_vs_budget-humaneval-pass_at_1.png",
@@ -243,6 +245,11 @@ def test_report_folder_has_every_output(report: dict[str, Path], run: Path) -> N
         "plots/length_distributions.png",
         "plots/score_distributions.png",
         "plots/cost_vs_quality.png",
+        "plots/differences-humaneval-pass_at_1.png",
+        "plots/differences-heldout-nll-nll.png",
+        "plots/differences-alpacaeval-win_rate.png",
+        "plots/differences-intrinsic-share_good.png",
+        "plots/differences-intrinsic-style_consistency.png",
     }
     for name in plots:
         assert report[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -251,6 +258,31 @@ def test_report_folder_has_every_output(report: dict[str, Path], run: Path) -> N
     assert meta["stage"] == "report" and meta["rows"] == 53 and len(meta["runs"][0]["results_sha256"]) == 64
     table = pd.read_csv(report["summary.csv"])
     assert len(table) == 35
+
+
+def test_report_writes_paired_comparisons_with_the_contract_columns(report: dict[str, Path]) -> None:
+    from selectbench.reports import COMPARISON_COLUMNS
+
+    table = pd.read_csv(report["comparisons.csv"], keep_default_na=False)
+    assert tuple(table.columns) == COMPARISON_COLUMNS
+    # Against random: longest and ifd at 2 budgets on 5 metrics, minus alpacaeval at k=15 (no random run there).
+    vs_random = table[table["baseline"] == "random"]
+    assert len(vs_random) == 2 * 2 * 5 - 2
+    # Against the references: every selector (random included) at every budget it ran.
+    assert set(table["baseline"]) == {"random", "full", "base"}
+    assert set(table["verdict"]) <= {"better", "worse", "n.s.", ""}
+    # ifd vs random on held-out NLL at k=6: 1.78 vs the mean of 1.81, 1.79, 1.83.
+    row = vs_random[(vs_random["metric"] == "heldout-nll/nll") & (vs_random["selector"] == "ifd")]
+    row = row[row["budget_k"] == 6].iloc[0]
+    assert float(row["delta"]) == pytest.approx(1.78 - (1.81 + 1.79 + 1.83) / 3)
+    assert row["n_items"] == 12 and row["n_seeds"] == 1 and row["baseline_seeds"] == 3
+    # Intrinsic shares have no eval items, ifd has one seed: no verdict, and the leaderboard says why.
+    intrinsic = vs_random[vs_random["metric"] == "intrinsic/share_good"]
+    assert (intrinsic["verdict"] == "").all()
+    markdown = report["leaderboard.md"].read_text(encoding="utf-8")
+    assert "## Paired comparisons" in markdown and "## Overall (against random)" in markdown
+    assert "fewer than 2 seeds in an arm" in markdown
+    assert "| Δ vs random |" in markdown
 
 
 def test_without_item_files_intervals_fall_back_to_seeds_and_stderr(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ _EXPORTS = {
     "write_results": "selectbench.reports.results",
     "summarize": "selectbench.reports.summary",
     "render_leaderboard_text": "selectbench.reports.leaderboard",
+    "compare": "selectbench.reports.compare",
+    "COMPARISON_COLUMNS": "selectbench.reports.compare",
 }
 __all__ = [*_EXPORTS, "write_report_files", "write_reports"]
 
@@ -51,16 +53,19 @@ def write_reports(
     *,
     confidence: float = 0.95,
     n_boot: int = 2000,
+    compare_to: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Merge the runs' results.csv and write the report folder.
 
     Args:
         run_dirs: run folders (each holding results.csv, items/ and the selections it points to), or results.csv
             paths.
-        out_dir: the report folder: ``leaderboard.md``, ``index.html``, ``summary.csv``, ``plots/*.png``,
-            ``meta.json`` and ``DONE`` (written last).
+        out_dir: the report folder: ``leaderboard.md``, ``index.html``, ``summary.csv``, ``comparisons.csv``,
+            ``plots/*.png``, ``meta.json`` and ``DONE`` (written last).
         confidence: coverage of the intervals.
         n_boot: bootstrap replicates.
+        compare_to: the baselines of the paired comparisons, in order (default ``random``, ``full``, ``base``);
+            the first one present is the leaderboard's Δ column.
 
     Returns:
         {file name relative to out_dir: path written}.
@@ -68,23 +73,33 @@ def write_reports(
     Raises:
         SelectbenchError: a results file is invalid, or the runs differ in recipe, evaluation config, model or pool.
     """
+    from selectbench.reports.compare import DEFAULT_BASELINES, compare
     from selectbench.reports.results import load_results
     from selectbench.reports.summary import summarize
 
     results = load_results(run_dirs)
     summary = summarize(results, confidence=confidence, n_boot=n_boot)
-    return write_report_files(results, summary, out_dir)
+    comparisons = compare(results, baselines=tuple(compare_to or DEFAULT_BASELINES), confidence=confidence)
+    return write_report_files(results, summary, out_dir, comparisons)
 
 
-def write_report_files(results: Results, summary: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write the report of already loaded results and their summarize() table (see write_reports)."""
+def write_report_files(
+    results: Results,
+    summary: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    comparisons: pd.DataFrame | None = None,
+) -> dict[str, Path]:
+    """Write the report of already loaded results, their summarize() table and their compare() table (computed
+    here when not given; see write_reports)."""
     from selectbench.io import atomic_open, versions, write_json
+    from selectbench.reports.compare import COMPARISON_COLUMNS, compare
     from selectbench.reports.html import render_html
     from selectbench.reports.leaderboard import leaderboard_markdown
     from selectbench.reports.plots import DPI, make_plots
     from selectbench.reports.results import results_file
 
     start = time.perf_counter()
+    comparisons = compare(results) if comparisons is None else comparisons
     out = Path(out_dir)
     plots_dir = out / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +107,7 @@ def write_report_files(results: Results, summary: pd.DataFrame, out_dir: str | o
         (out / "DONE").unlink()
     written: dict[str, Path] = {}
     rendered = []
-    for plot in make_plots(results, summary):
+    for plot in make_plots(results, summary, comparisons):
         buffer = io.BytesIO()
         plot.figure.savefig(buffer, format="png", dpi=DPI)
         png = buffer.getvalue()
@@ -105,9 +120,10 @@ def write_report_files(results: Results, summary: pd.DataFrame, out_dir: str | o
         if f"{PLOTS_DIR}/{stale.name}" not in written:
             stale.unlink()
     files = {
-        "leaderboard.md": leaderboard_markdown(results, summary, list(written)),
-        "index.html": render_html(results, summary, rendered),
+        "leaderboard.md": leaderboard_markdown(results, summary, list(written), comparisons),
+        "index.html": render_html(results, summary, rendered, comparisons),
         "summary.csv": summary.to_csv(index=False, lineterminator="\n"),
+        "comparisons.csv": comparisons[list(COMPARISON_COLUMNS)].to_csv(index=False, lineterminator="\n"),
     }
     for name, text in files.items():
         with atomic_open(out / name) as handle:

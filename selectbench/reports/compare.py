@@ -88,7 +88,7 @@ def compare(
         part = frame[frame["metric"] == metric]
         selectors = part[part["kind"] == "selector"]
         for baseline in baselines:
-            reference = part[(part["kind"] != "selector") & (part["label"] == baseline)]
+            reference = part[part["kind"] == baseline]  # full, base
             for k in sorted(int(v) for v in selectors["budget_k"].dropna().unique()):
                 at_k = selectors[selectors["budget_k"] == k]
                 base_runs = reference if not reference.empty else at_k[at_k["label"] == baseline]
@@ -298,3 +298,90 @@ def _verdict(row: dict[str, object], alpha: float) -> str:
         return NS
     gain = float(row["delta"]) if row["higher_is_better"] else -float(row["delta"])  # type: ignore[arg-type]
     return BETTER if gain > 0 else WORSE
+
+
+# ----------------------------------------------------------------------------------------------- overall view
+
+MARKS = {BETTER: "▲", WORSE: "▼", NS: "≈", "": ""}
+OVERALL_COLUMNS = ("selector", "wins", "ties", "losses", "untested", "mean_rank", "rank_low", "rank_high", "cells")
+
+
+def primary_baseline(comparisons: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASELINES) -> str | None:
+    """The first of ``baselines`` that the comparisons use (the one the leaderboard's Δ column shows)."""
+    present = set(comparisons["baseline"]) if not comparisons.empty else set()
+    return next((b for b in baselines if b in present), None)
+
+
+def overall(
+    summary: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    *,
+    baseline: str | None = None,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per selector, across every metric and budget: wins, ties and losses against ``baseline`` (default: the
+    primary baseline), and its mean rank among the selectors with a bootstrap interval over the (metric, budget)
+    cells.
+
+    A win is a ``better`` verdict, a loss a ``worse`` one, a tie ``n.s.``; ``untested`` counts comparisons without
+    a verdict. Ranks are 1 = best within a cell (ties share the mean rank); a selector's mean rank is over the cells
+    it ran in, and its interval comes from resampling the cells with replacement.
+    """
+    baseline = baseline or primary_baseline(comparisons)
+    selectors = summary[summary["kind"] == "selector"]
+    ranks: dict[tuple[str, int], dict[str, float]] = {}
+    for (metric, k), cell in selectors.groupby(["metric", "budget_k"], sort=False):
+        higher = bool(cell["higher_is_better"].iloc[0])
+        ranked = (-cell["mean"] if higher else cell["mean"]).round(12).rank(method="average")
+        ranks[(metric, int(k))] = dict(zip(cell["label"], ranked, strict=True))
+    cells = list(ranks)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(cells), size=(n_boot, len(cells))) if cells else np.zeros((0, 0), dtype=int)
+    rows = []
+    for label in dict.fromkeys(selectors["label"]):
+        mine = np.array([ranks[c].get(label, np.nan) for c in cells], dtype=np.float64)
+        verdicts = comparisons[(comparisons["selector"] == label) & (comparisons["baseline"] == baseline)]["verdict"]
+        with np.errstate(invalid="ignore"):
+            boot = np.nanmean(mine[draws], axis=1) if len(cells) else np.array([np.nan])
+        boot = boot[~np.isnan(boot)]
+        low, high = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2]) if len(boot) else (np.nan,) * 2
+        rows.append(
+            {
+                "selector": label,
+                "wins": int((verdicts == BETTER).sum()),
+                "ties": int((verdicts == NS).sum()),
+                "losses": int((verdicts == WORSE).sum()),
+                "untested": int((verdicts == "").sum()),
+                "mean_rank": float(np.nanmean(mine)) if (~np.isnan(mine)).any() else math.nan,
+                "rank_low": float(low),
+                "rank_high": float(high),
+                "cells": int((~np.isnan(mine)).sum()),
+            }
+        )
+    out = pd.DataFrame(rows, columns=list(OVERALL_COLUMNS)).sort_values(["mean_rank", "selector"], kind="stable")
+    out.attrs.update(baseline=baseline)
+    return out.reset_index(drop=True)
+
+
+def verdict_lines(comparisons: pd.DataFrame, baseline: str | None = None) -> list[str]:
+    """One line per metric saying which selectors beat ``baseline``, lost to it, or are within noise of it."""
+    baseline = baseline or primary_baseline(comparisons)
+    if baseline is None:
+        return ["no paired comparison: the grid has no baseline run (random, full or base) to compare with"]
+    lines = []
+    for metric, rows in comparisons[comparisons["baseline"] == baseline].groupby("metric", sort=False):
+        parts = []
+        for verdict in (BETTER, WORSE, NS):
+            hits = rows[rows["verdict"] == verdict]
+            if not hits.empty:
+                runs = ", ".join(
+                    f"{r['selector']} k={r['budget_k']} ({r['delta']:+.3g})" for r in hits.to_dict("records")
+                )
+                parts.append(f"{MARKS[verdict]} {verdict}: {runs}")
+        untested = rows[rows["verdict"] == ""]
+        if not untested.empty:
+            parts.append(f"no test for {len(untested)} ({untested['note'].iloc[0]})")
+        lines.append(f"{metric}: " + "; ".join(parts))
+    return lines or [f"nothing was compared with {baseline}"]

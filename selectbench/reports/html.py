@@ -8,7 +8,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from selectbench.reports.leaderboard import TABLE_COLUMNS, leaderboard_sections, provenance, table_headers
+from selectbench.reports.compare import MARKS, compare, overall, primary_baseline
+from selectbench.reports.leaderboard import (
+    DELTA_LEGEND,
+    TABLE_COLUMNS,
+    delta_cell,
+    leaderboard_sections,
+    provenance,
+    table_headers,
+)
 from selectbench.reports.results import Results
 from selectbench.reports.summary import CI_METHODS
 
@@ -31,18 +39,26 @@ nav a { margin-right: 14px; font-size: 13px; } .notes li { font-size: 13px; }
 """
 
 
-def render_html(results: Results, summary: pd.DataFrame, plots: Sequence[tuple[str, str, str, bytes]]) -> str:
+def render_html(
+    results: Results,
+    summary: pd.DataFrame,
+    plots: Sequence[tuple[str, str, str, bytes]],
+    comparisons: pd.DataFrame | None = None,
+) -> str:
     """The report page.
 
     Args:
         results: the merged results (for provenance and notes).
         summary: the summarize() table.
         plots: (file name, title, caption, PNG bytes) per plot, in display order.
+        comparisons: the compare() table (computed here when not given).
 
     Returns:
         One HTML document with no external resource: styles inline, images as ``data:image/png;base64`` URIs.
     """
     confidence = round(100 * summary.attrs.get("confidence", 0.95))
+    comparisons = compare(results) if comparisons is None else comparisons
+    baseline = primary_baseline(comparisons)
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -51,7 +67,8 @@ def render_html(results: Results, summary: pd.DataFrame, plots: Sequence[tuple[s
         "<title>selectbench report</title>",
         f"<style>{STYLE}</style></head><body><main>",
         "<h1>selectbench report</h1>",
-        '<nav><a href="#leaderboard">Leaderboard</a><a href="#plots">Plots</a></nav>',
+        '<nav><a href="#leaderboard">Leaderboard</a><a href="#comparisons">Paired comparisons</a>'
+        '<a href="#plots">Plots</a></nav>',
         '<dl class="meta">',
     ]
     parts += [f"<dt>{esc(name)}</dt><dd>{esc(value)}</dd>" for name, value in provenance(results)]
@@ -59,10 +76,11 @@ def render_html(results: Results, summary: pd.DataFrame, plots: Sequence[tuple[s
         "</dl>",
         '<h2 id="leaderboard">Leaderboard</h2>',
         f"<p>Mean over seeds with its {confidence}% interval; selectors ranked per budget (ties share a rank), "
-        "references below. Cost is selection + fine-tuning wall time in seconds, averaged over seeds.</p>",
+        "references below. Cost is selection + fine-tuning wall time in seconds, averaged over seeds. "
+        f"{esc(DELTA_LEGEND.format(baseline=baseline or 'a baseline'))}</p>",
     ]
-    headers = table_headers(confidence)
-    for section in leaderboard_sections(summary):
+    headers = table_headers(confidence, baseline)
+    for section in leaderboard_sections(summary, comparisons):
         parts.append(f"<h3>{esc(section.metric)} <small>({esc(section.direction)})</small></h3>")
         parts.append("<table><thead><tr>")
         parts += [f'<th class="{_cls(c)}">{esc(h)}</th>' for c, h in zip(TABLE_COLUMNS, headers, strict=True)]
@@ -83,6 +101,7 @@ def render_html(results: Results, summary: pd.DataFrame, plots: Sequence[tuple[s
     parts.append("<p>CI from: " + "; ".join(f"<b>{esc(m)}</b>: {esc(CI_METHODS[m])}" for m in used) + ".</p>")
     if results.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in results.notes) + "</ul>")
+    parts += _comparison_tables(summary, comparisons)
     parts.append('<h2 id="plots">Plots</h2>')
     for name, title, caption, png in plots:
         data = base64.b64encode(png).decode("ascii")
@@ -95,6 +114,50 @@ def render_html(results: Results, summary: pd.DataFrame, plots: Sequence[tuple[s
         ]
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _comparison_tables(summary: pd.DataFrame, comparisons: pd.DataFrame) -> list[str]:
+    """The paired comparisons (one table per metric) and the overall wins/ties/losses and mean ranks."""
+    esc = html.escape
+    parts = ['<h2 id="comparisons">Paired comparisons</h2>']
+    if comparisons.empty:
+        return [*parts, "<p>No baseline run (random, full or base) to compare with.</p>"]
+    parts.append(
+        "<p>Each selector against each baseline at the same budget, paired over eval items and seeds; p-values "
+        f"Holm-adjusted per metric (alpha {comparisons.attrs.get('alpha', 0.05)}). <i>detectable</i>: the smallest "
+        "true difference found with 80% power.</p>"
+    )
+    headers = ["budget", "selector", "vs", "Δ (interval)", "p", "p (Holm)", "verdict", "items", "seeds", "detectable"]
+    for metric, part in comparisons.groupby("metric", sort=False):
+        decimals = 3 if summary[summary["metric"] == metric]["mean"].abs().max() < 10 else 2
+        parts.append(f"<h3>{esc(metric)}</h3><table><thead><tr>")
+        parts += [f"<th>{esc(h)}</th>" for h in headers]
+        parts.append("</tr></thead><tbody>")
+        for row in part.to_dict("records"):
+            cells = [
+                str(row["budget_k"]),
+                row["selector"],
+                row["baseline"],
+                delta_cell(row, decimals),
+                "—" if pd.isna(row["p_value"]) else f"{row['p_value']:.3g}",
+                "—" if pd.isna(row["p_adjusted"]) else f"{row['p_adjusted']:.3g}",
+                f"{MARKS[row['verdict']]} {row['verdict']}" if row["verdict"] else "no verdict",
+                str(row["n_items"]),
+                f"{row['n_seeds']} vs {row['baseline_seeds']}",
+                row["note"] or ("" if pd.isna(row["detectable"]) else f"{row['detectable']:.{decimals + 1}f}"),
+            ]
+            parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</tbody></table>")
+    view = overall(summary, comparisons)
+    parts.append(f"<h3>Overall (against {esc(str(view.attrs['baseline']))})</h3><table><thead><tr>")
+    parts += [f"<th>{h}</th>" for h in ("selector", "wins", "ties", "losses", "mean rank", "95% interval")]
+    parts.append("</tr></thead><tbody>")
+    for row in view.to_dict("records"):
+        interval = "—" if pd.isna(row["rank_low"]) else f"{row['rank_low']:.2f} – {row['rank_high']:.2f}"
+        cells = [row["selector"], row["wins"], row["ties"], row["losses"], f"{row['mean_rank']:.2f}", interval]
+        parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts
 
 
 def _cls(column: str) -> str:

@@ -224,8 +224,49 @@ def plot_cost_vs_quality(summary: pd.DataFrame, metrics: Sequence[str]) -> Figur
     return fig
 
 
-def make_plots(results: Results, summary: pd.DataFrame) -> list[Plot]:
+def plot_differences(comparisons: pd.DataFrame, metric: str, baseline: str) -> Figure:
+    """Each selector's paired difference from ``baseline`` with its interval, one group of bars per budget; the
+    marker says the verdict (filled: significant after Holm; open: not)."""
+    rows = comparisons[(comparisons["metric"] == metric) & (comparisons["baseline"] == baseline)]
+    fig, ax = _figure(size=(7.6, 3.8))
+    colors = selector_colors(rows["selector"])
+    budgets = sorted(int(k) for k in rows["budget_k"].unique())
+    labels = sorted(rows["selector"].unique())
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        line = rows[rows["selector"] == label]
+        for row in line.to_dict("records"):
+            x = budgets.index(int(row["budget_k"])) + (i - (len(labels) - 1) / 2) * width
+            significant = row["verdict"] in ("better", "worse")
+            if np.isfinite(row["ci_low"]):
+                ax.plot([x, x], [row["ci_low"], row["ci_high"]], color=colors[label], linewidth=2)
+            ax.plot(
+                x,
+                row["delta"],
+                marker="o",
+                markersize=7,
+                color=colors[label],
+                markerfacecolor=colors[label] if significant else "white",
+                linestyle="",
+            )
+        ax.plot([], [], marker="o", color=colors[label], linestyle="", label=label)
+    ax.axhline(0.0, color="0.3", linewidth=1)
+    ax.set_xticks(range(len(budgets)))
+    ax.set_xticklabels([str(k) for k in budgets])
+    ax.set_xlabel("budget: selected records")
+    higher = "higher" if bool(rows["higher_is_better"].iloc[0]) else "lower"
+    ax.set_ylabel(f"Δ vs {baseline} ({higher} is better)")
+    ax.set_title(f"{metric}: paired difference from {baseline}")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(results: Results, summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[Plot]:
     """Every plot of a report, in display order, each with a file name and a caption."""
+    from selectbench.reports.compare import primary_baseline
+
     plots = []
     methods = ", ".join(sorted({CI_METHODS[m] for m in summary["ci_method"] if m != "none"})) or "none available"
     metrics = list(dict.fromkeys(summary["metric"]))
@@ -245,6 +286,24 @@ def make_plots(results: Results, summary: pd.DataFrame) -> list[Plot]:
                     f"horizontal lines. {_direction(summary[summary['metric'] == metric]).capitalize()}."
                 ),
                 figure=plot_metric_vs_budget(summary, metric),
+            )
+        )
+    comparisons = comparisons if comparisons is not None else pd.DataFrame(columns=["metric", "baseline"])
+    baseline = primary_baseline(comparisons)
+    for metric in main + intrinsic:
+        part = comparisons[(comparisons["metric"] == metric) & (comparisons["baseline"] == baseline)]
+        if baseline is None or part.empty:
+            continue
+        plots.append(
+            Plot(
+                name=f"differences-{_slug(metric)}.png",
+                title=f"{metric}: difference from {baseline}",
+                caption=(
+                    f"Each selector's paired difference in {metric} from {baseline} at the same budget (same eval "
+                    f"items, seeds resampled), with its {int(100 * _confidence(summary))}% interval. Filled marker: "
+                    "significant after the Holm adjustment; open: not. Zero = no difference."
+                ),
+                figure=plot_differences(part.assign(higher_is_better=_higher(summary, metric)), metric, baseline),
             )
         )
     frame = results.frame
@@ -338,6 +397,10 @@ def _budget_tick(rows: pd.DataFrame, k: int, one_line: bool = False) -> str:
     if not given or given == [str(k)]:
         return str(k)
     return f"{k} ({'/'.join(given)})" if one_line else f"{k}\n({'/'.join(given)})"
+
+
+def _higher(summary: pd.DataFrame, metric: str) -> bool:
+    return bool(summary[summary["metric"] == metric]["higher_is_better"].iloc[0])
 
 
 def _direction(rows: pd.DataFrame) -> str:
