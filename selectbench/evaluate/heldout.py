@@ -163,3 +163,12 @@ def run_heldout(ctx: Context) -> Outcome:
         }
     }
     return Outcome(rows=rows, summary=summary, meta=meta, notes=notes)
+
+
+def nll_per_item(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``nll_per_token`` per scored item, weighted by its response tokens: their weighted mean is the summary's."""
+    return [
+        {"item": row["id"], "metric": "nll_per_token", "value": row["nll_per_token"], "weight": row["n_tokens"]}
+        for row in rows
+        if row.get("n_tokens")
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -91,7 +90,8 @@ def write_report_files(
 ) -> dict[str, Path]:
     """Write the report of already loaded results, their summarize() table and their compare() table (computed
     here when not given; see write_reports)."""
-    from selectbench.io import atomic_open, versions, write_json
+    from selectbench.artifacts import META_FILE, StageFolder
+    from selectbench.io import versions
     from selectbench.reports.compare import COMPARISON_COLUMNS, compare
     from selectbench.reports.html import render_html
     from selectbench.reports.leaderboard import leaderboard_markdown
@@ -100,18 +100,17 @@ def write_report_files(
 
     start = time.perf_counter()
     comparisons = compare(results) if comparisons is None else comparisons
-    out = Path(out_dir)
+    stage = StageFolder(out_dir)
+    out = stage.begin()
     plots_dir = out / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / "DONE").unlink()
     written: dict[str, Path] = {}
     rendered = []
     for plot in make_plots(results, summary, comparisons):
         buffer = io.BytesIO()
         plot.figure.savefig(buffer, format="png", dpi=DPI)
         png = buffer.getvalue()
-        with atomic_open(plots_dir / plot.name, "wb") as handle:
+        with stage.open(f"{PLOTS_DIR}/{plot.name}", "wb") as handle:
             handle.write(png)
         written[f"{PLOTS_DIR}/{plot.name}"] = plots_dir / plot.name
         rendered.append((plot.name, plot.title, plot.caption, png))
@@ -126,7 +125,7 @@ def write_report_files(
         "comparisons.csv": comparisons[list(COMPARISON_COLUMNS)].to_csv(index=False, lineterminator="\n"),
     }
     for name, text in files.items():
-        with atomic_open(out / name) as handle:
+        with stage.open(name) as handle:
             handle.write(text)
         written[name] = out / name
     meta = {
@@ -146,7 +145,6 @@ def write_report_files(
         "seconds": time.perf_counter() - start,
         "versions": versions("pandas", "matplotlib", "scipy"),
     }
-    write_json(out / "meta.json", meta)
-    written["meta.json"] = out / "meta.json"
-    (out / "DONE").write_text("")
+    stage.finish(meta)
+    written[META_FILE] = stage / META_FILE
     return written

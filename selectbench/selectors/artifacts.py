@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
+from selectbench.artifacts import SELECTION_FILE, StageFolder
 from selectbench.data import Pool
-from selectbench.io import atomic_open, dumps, versions, write_json
+from selectbench.io import dumps, versions
 from selectbench.selectors.base import Selection
-
-SELECTION_FILE = "selection.jsonl"
-META_FILE = "meta.json"
-DONE_FILE = "DONE"
 
 
 def selection_line(record: dict[str, Any], rank: int, score: float | None) -> dict[str, Any]:
@@ -40,12 +36,10 @@ def write_selection(out_dir: str | os.PathLike[str], pool: Pool, selection: Sele
     Each file is written atomically and ``DONE`` last, so a reader that sees ``DONE`` sees a whole selection,
     and an interrupted write leaves no partial file. ``extra`` entries are added to ``meta.json``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / DONE_FILE).unlink()
+    stage = StageFolder(out_dir)
+    stage.begin()
     scores = selection.scores or [None] * len(selection.indices)
-    with atomic_open(out / SELECTION_FILE) as handle:
+    with stage.open(SELECTION_FILE) as handle:
         step = 4096
         for start in range(0, len(selection.indices), step):
             chunk = selection.indices[start : start + step]
@@ -72,6 +66,5 @@ def write_selection(out_dir: str | os.PathLike[str], pool: Pool, selection: Sele
         "ids": selection.ids,
         "versions": versions(),
     }
-    write_json(out / META_FILE, meta)
-    (out / DONE_FILE).write_text("")
-    return out
+    stage.finish(meta)
+    return stage.path

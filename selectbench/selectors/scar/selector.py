@@ -55,8 +55,9 @@ def default_ranker(encoder: str = DEFAULT_ENCODER, *, progress: bool = True) -> 
     fingerprint. A file lock makes concurrent first uses train once; the ranker is trained into a temporary
     folder and renamed into place, so a killed training leaves nothing that looks finished.
     """
+    from selectbench.artifacts import StageFolder
     from selectbench.models.spec import resolve_model
-    from selectbench.selectors.scar.train import DONE_FILE, data_fingerprint, train_ranker
+    from selectbench.selectors.scar.train import data_fingerprint, train_ranker
 
     config = default_ranker_config(encoder)
     identity = {
@@ -68,10 +69,10 @@ def default_ranker(encoder: str = DEFAULT_ENCODER, *, progress: bool = True) -> 
     key = hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]
     root = cache_dir("scar")
     final = root / f"ranker-{key}"
-    if (final / DONE_FILE).exists():
+    if StageFolder(final).done:
         return final
     with _file_lock(root / f"ranker-{key}.lock"):
-        if (final / DONE_FILE).exists():  # another process trained it while we waited
+        if StageFolder(final).done:  # another process trained it while we waited
             return final
         print(
             f"selectbench: training the default SCAR ranker ({encoder}, {config.epochs} epoch(s) on the bundled "

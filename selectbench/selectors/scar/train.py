@@ -28,8 +28,6 @@ ASPECTS = ("helpfulness", "correctness")
 PAIRS = (("direct", "referenced"), ("referenced", "human"), ("direct", "human"))
 SCORE_TYPES = {"help_correct": ASPECTS, "help": ("helpfulness",), "correct": ("correctness",)}
 CONSTRAINT_MODES = ("abs", "abs_pos", "diff", "abs_diff", "none")
-META_FILE = "meta.json"
-DONE_FILE = "DONE"
 
 
 def _f(default: Any, help: str) -> Any:
@@ -297,20 +295,19 @@ def train_ranker(
     versions), then ``DONE``. A folder that already has ``DONE`` for the same data, config and encoder is left
     as it is; anything else in an unfinished folder is overwritten.
     """
-    from selectbench.io import versions, write_json
+    from selectbench.artifacts import StageFolder
+    from selectbench.io import versions
     from selectbench.models.spec import resolve_model
 
     config = config or ScarTrainConfig()
-    out = Path(out)
+    stage = StageFolder(out)
     rows = load_quadruples(data)
     encoder = resolve_model(config.encoder)
     identity = {"data": data_fingerprint(data), "encoder": encoder.fingerprint, "config": config.to_dict()}
-    if (out / DONE_FILE).exists() and (out / META_FILE).exists():
-        meta = json.loads((out / META_FILE).read_text())
-        if meta.get("identity") == identity:
-            return meta
-    if (out / DONE_FILE).exists():
-        (out / DONE_FILE).unlink()
+    finished = stage.finished({"identity": identity})
+    if finished is not None:
+        return finished
+    out = stage.begin()
     start = time.perf_counter()
     result = _fit(rows, config, progress=progress)
     from selectbench.selectors.scar.model import save_ranker
@@ -326,9 +323,7 @@ def train_ranker(
         "timings": {"total": time.perf_counter() - start, **result.get("timings", {})},
         "versions": versions("torch", "transformers"),
     }
-    write_json(out / META_FILE, meta)
-    (out / DONE_FILE).write_text("")
-    return meta
+    return stage.finish(meta)
 
 
 def _fit(rows: list[Quadruple], config: ScarTrainConfig, *, progress: bool) -> dict[str, Any]:
