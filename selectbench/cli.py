@@ -201,8 +201,8 @@ LISTINGS["benchmarks"] = lambda: importlib.import_module("selectbench.evaluate.b
 def cmd_run(args: argparse.Namespace) -> int:
     """``selectbench run [CONFIG]``: the whole grid, resumable; with no config, the embedded demo."""
     from selectbench.config import load_config
-    from selectbench.experiment import QUICK_PATH
-    from selectbench.runner import run_experiment
+    from selectbench.experiment.presets import QUICK_PATH
+    from selectbench.experiment.run import run_experiment
 
     if args.quick and args.config:
         raise SelectbenchError("--quick is the quick demo preset; it does not combine with a config file")
@@ -217,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """``selectbench validate CONFIG``: load strictly and report."""
     from selectbench.config import load_config
-    from selectbench.runner import plan
+    from selectbench.experiment.plan import plan
 
     config = load_config(args.config, list(args.set or []))
     grid = plan(config, config.pool.limit or 10**9)

@@ -118,7 +118,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     Raises:
         ConfigError: listing every problem found, each with its key path.
     """
-    from selectbench.experiment import DEMO_CONFIG
+    from selectbench.experiment.presets import DEMO_CONFIG
 
     if path is None:
         source, data = "embedded demo config", yaml.safe_load(DEMO_CONFIG)

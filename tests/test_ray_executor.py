@@ -17,8 +17,8 @@ from conftest import run_cli
 
 from selectbench.config import ExperimentConfig, PoolSpec
 from selectbench.errors import SelectbenchError
-from selectbench.executors import score_in_shards, shard_bounds
-from selectbench.runner import load_experiment_pool
+from selectbench.experiment.plan import load_experiment_pool
+from selectbench.experiment.ray import score_in_shards, shard_bounds
 from selectbench.selectors import make_selector
 from selectbench.testing import tiny_pool
 
@@ -57,7 +57,7 @@ def done_files(out: Path) -> dict[Path, int]:
 def local_ray(isolated_cache: Path) -> Iterator[object]:
     """A local Ray instance in this process, started after the per-test cache is set so workers inherit it."""
     ray = pytest.importorskip("ray")
-    from selectbench.executors import connect
+    from selectbench.experiment.ray import connect
 
     assert connect(ray, None) == "started"
     try:

@@ -64,8 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_notes(out: Path) -> None:
-    import json
+    from selectbench.artifacts import StageFolder
 
-    meta = json.loads((out / "meta.json").read_text())
+    meta = StageFolder(out).meta() or {}  # evaluate() just finished the folder
     for note in meta.get("notes", []):
         print(f"note: {note}", file=sys.stderr)

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from selectbench.artifacts import RunLayout
 from selectbench.errors import SelectbenchError
+from selectbench.experiment.stages import evaluate_stage, finetune_stage, select_stage, selection_done
 from selectbench.io import dumps
 
 if TYPE_CHECKING:
@@ -26,14 +28,14 @@ if TYPE_CHECKING:
 
     from selectbench.config import ExperimentConfig
     from selectbench.data import Pool
-    from selectbench.runner import Run
+    from selectbench.experiment.plan import Run
     from selectbench.selectors.base import ScoreSelector
 
 RAY_INSTALL = "pip install 'selectbench[ray]' (or pip install 'ray>=2.40')"
 
 
 def run_on_ray(config: ExperimentConfig, pool: Pool, runs: list[Run], out: Path, *, progress: bool = True) -> None:
-    """Run every stage of the grid as Ray tasks; the same artifacts as :func:`selectbench.runner.run_local`.
+    """Run every stage of the grid as Ray tasks; the same artifacts as :func:`selectbench.experiment.local.run_local`.
 
     Per run: a select task, then a fine-tune task, then one evaluate task for all benchmarks (each with its own
     generation engine), chained through Ray's dependencies so runs proceed independently. Each fine-tune and
@@ -48,7 +50,7 @@ def run_on_ray(config: ExperimentConfig, pool: Pool, runs: list[Run], out: Path,
     Args:
         config: the experiment.
         pool: the experiment's pool (shipped to the workers through Ray's object store).
-        runs: the grid, from :func:`selectbench.runner.plan`.
+        runs: the grid, from :func:`selectbench.experiment.plan.plan`.
         out: the run folder; on a cluster it must be on storage every node sees at the same path.
         progress: kept for the runner's signature; workers never draw progress bars (their output is
             interleaved in the driver's log), the driver prints one line per finished task.
@@ -155,7 +157,7 @@ def _submit(ray: Any, config: ExperimentConfig, pool: Pool, runs: list[Run], out
     if shards > 1:
         for run in runs:
             key = dumps([run.selector, run.params])
-            if run.kind != "selector" or key in shard_refs or _selection_done(run.folder(out), pool):
+            if run.kind != "selector" or key in shard_refs or selection_done(RunLayout(out, run.run_id), pool):
                 continue
             selector = make_selector(run.selector or "", **run.params)
             if not isinstance(selector, ScoreSelector):
@@ -301,16 +303,6 @@ def _write_arrow(table: pa.Table, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _selection_done(folder: Path, pool: Pool) -> bool:
-    """The same test as the runner's select stage: DONE, for this very pool."""
-    import json
-
-    select = folder / "select"
-    if not (select / "DONE").exists():
-        return False
-    return json.loads((select / "meta.json").read_text())["pool"]["fingerprint"] == pool.fingerprint
-
-
 # ----------------------------------------------------------------------------------------------- task bodies
 
 
@@ -340,13 +332,11 @@ def _score_shard_task(selector: ScoreSelector, payload: _PoolPayload, lo: int, h
 def _select_task(
     config: ExperimentConfig, payload: _PoolPayload, run: Run, out: str, threads: int, *parts: Any
 ) -> float:
-    from selectbench.runner import select_stage
-
     start = time.perf_counter()
     with _in_worker(threads):
         pool = payload.pool()
-        folder = run.folder(Path(out))
-        if not parts or _selection_done(folder, pool):
+        layout = RunLayout(Path(out), run.run_id)
+        if not parts or selection_done(layout, pool):
             select_stage(config, pool, run, Path(out))
         else:
             from selectbench.selectors import make_selector
@@ -359,14 +349,12 @@ def _select_task(
             )
             bounds = shard_bounds(len(pool), len(parts))
             write_selection(
-                folder / "select", pool, selection, run_id=run.run_id, scoring={"executor": "ray", "shards": bounds}
+                layout.select.path, pool, selection, run_id=run.run_id, scoring={"executor": "ray", "shards": bounds}
             )
     return time.perf_counter() - start
 
 
 def _finetune_task(config: ExperimentConfig, run: Run, out: str, threads: int, _selected: float) -> float:
-    from selectbench.runner import finetune_stage
-
     start = time.perf_counter()
     with _in_worker(threads):
         finetune_stage(config, run, Path(out), progress=False)
@@ -374,8 +362,6 @@ def _finetune_task(config: ExperimentConfig, run: Run, out: str, threads: int, _
 
 
 def _evaluate_task(config: ExperimentConfig, run: Run, out: str, threads: int, _trained: float | None) -> float:
-    from selectbench.runner import evaluate_stage
-
     start = time.perf_counter()
     with _in_worker(threads):
         generator = None

@@ -1,0 +1,86 @@
+"""The three stages of a run (select, fine-tune, evaluate), each cached in its stage folder of the run layout.
+
+Both executors call these; a stage that is already done for the same inputs is kept, so a killed run resumes and
+a finished stage is never redone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectbench.artifacts import RunLayout
+from selectbench.config import ExperimentConfig
+from selectbench.experiment.plan import Run
+
+
+def selection_done(layout: RunLayout, pool: Any) -> bool:
+    """Whether the run's selection is finished for this very pool (its fingerprint)."""
+    return layout.select.finished({"pool.fingerprint": pool.fingerprint}) is not None
+
+
+def select_stage(config: ExperimentConfig, pool: Any, run: Run, out: Path) -> Path:
+    """Write the run's selection (kept when already done for the same pool); returns its stage folder."""
+    from selectbench.selectors import make_selector
+    from selectbench.selectors.artifacts import write_selection
+    from selectbench.selectors.base import make_selection
+
+    layout = RunLayout(out, run.run_id)
+    if selection_done(layout, pool):
+        return layout.select.path
+    if run.kind == "full":
+        selection = make_selection(_WholePool(), pool, len(pool), 0, list(range(len(pool))))
+    else:
+        selector = make_selector(run.selector or "", **run.params)
+        selection = selector.select(pool, run.budget, seed=run.seed)
+    return write_selection(layout.select.path, pool, selection, run_id=run.run_id)
+
+
+@dataclass
+class _WholePool:
+    """The 'full' reference: every record of the pool."""
+
+    name: str = "full"
+
+
+def finetune_stage(config: ExperimentConfig, run: Run, out: Path, *, progress: bool = True) -> Path:
+    """Fine-tune on the run's selection with the experiment's one recipe (kept when already done)."""
+    from selectbench.finetune import FinetuneConfig, finetune
+
+    layout = RunLayout(out, run.run_id)
+    recipe = FinetuneConfig.from_overrides(config.finetune)
+    finetune(layout.select.path, config.model, recipe, layout.finetune.path, progress=progress)
+    return layout.finetune.path
+
+
+def evaluate_stage(
+    config: ExperimentConfig, run: Run, bench: str, out: Path, generator: Any, *, progress: bool = True
+) -> Any:
+    """Evaluate the run on ``bench``; returns the (possibly newly built) shared generation engine."""
+    from selectbench.evaluate.benchmarks import SUMMARY_FILE, evaluate, get_benchmark
+    from selectbench.evaluate.generation import make_generator, resolve_engine
+
+    layout = RunLayout(out, run.run_id)
+    stage = layout.eval(bench)
+    adapter = None if run.kind == "base" else str(layout.finetune.path)
+    if stage.done and (stage / SUMMARY_FILE).exists():
+        # evaluate() also skips a finished folder; checking here avoids starting an engine for nothing.
+        return generator
+    generates = get_benchmark(bench).generates
+    engine = resolve_engine(config.evaluate.engine)
+    if generator is None and generates and engine != "openai":
+        generator = make_generator(engine, config.model, **config.evaluate.engine_options)
+    evaluate(
+        bench,
+        config.model,
+        adapter=adapter,
+        out_dir=stage.path,
+        limit=config.evaluate.limit.get(bench),
+        engine=config.evaluate.engine,
+        generator=generator if generates else None,
+        engine_options=config.evaluate.engine_options if generator is None else None,
+        progress=progress,
+        **config.evaluate.params.get(bench, {}),
+    )
+    return generator
