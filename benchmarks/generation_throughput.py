@@ -30,7 +30,8 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from selectbench.evaluate import humaneval
-    from selectbench.evaluate.generation import Decoding, make_generator
+    from selectbench.models.engines.base import Decoding
+    from selectbench.models.engines.factory import make_engine
 
     engine = "vllm" if args.case == "vllm" else "hf"
     options = {"progress": False}
@@ -39,7 +40,7 @@ def run_case(args: argparse.Namespace) -> dict:
     else:
         options.update(max_model_len=2048)
     start = time.perf_counter()
-    generator = make_generator(engine, args.model, **options)
+    generator = make_engine(engine, args.model, **options)
     problems = humaneval.load_problems(args.prompts)
     prompts = [generator.prompt_ids(humaneval.build_conversation(p)) for p in problems]
     decoding = Decoding(max_new_tokens=args.max_new_tokens)

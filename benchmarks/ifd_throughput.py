@@ -9,8 +9,8 @@ machine hits them alike; figures are medians over repeats, each after one untime
         [--vllm] [--profile] [--out summary.json]
 
 Methods:
-- ``hf``: ``HFLossEngine.answer_losses``, called as IFDSelector calls it (conditioned, then direct, per chunk);
-  ``hf@N`` the same with ``batch_tokens=N``; ``hf-padcap`` with a batching rule that also caps padding.
+- ``hf``: ``HFEngine.answer_losses``, called as IFDSelector calls it (conditioned, then direct, per chunk);
+  ``hf@N`` the same with ``score_batch_tokens=N``; ``hf-padcap`` with a batching rule that also caps padding.
 - ``raw-batched`` / ``raw-single``: the plain full forward ``model(input_ids, attention_mask).logits`` (LM head at
   every position) under ``torch.inference_mode``, over the engine's own length-sorted padded batches, or over each
   sequence alone (no padding); tensors are built before the clock starts. ``raw`` is the faster of the two: the
@@ -107,9 +107,9 @@ def padded_batches(
     """The engine's own batches (per chunk and pass, length-sorted, under the token budget) as padded tensors."""
     import torch
 
-    from selectbench.models.scoring import _batches
+    from selectbench.models.engines.batching import length_batches
 
-    rule = rule or _batches
+    rule = rule or (lambda order, lengths, budget: length_batches(order, lengths, batch_tokens=budget))
 
     out = []
     for sequences, _ in passes:
@@ -128,7 +128,7 @@ def padded_batches(
 
 
 def capped_batches(cap: float) -> Callable[[list[int], list[int], int], list[list[int]]]:
-    """A batching rule to compare against the engine's: as ``_batches``, but a batch also ends before its padding
+    """A batching rule to compare against the engine's: as ``length_batches``, but a batch also ends before its padding
     would exceed ``cap`` of its padded tokens (used with ``--pad-cap``, patched into the engine for those rows)."""
 
     def batches(order: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -190,7 +190,7 @@ def profile_hf(engine: Any, passes: list, chunk: int, sync: Callable[[], None]) 
     profiler.disable()
     stats = pstats.Stats(profiler)
     wanted = {
-        "answer_losses (total)": ("scoring.py", "answer_losses"),
+        "answer_losses (total)": ("hf.py", "answer_losses"),
         "backbone forward": ("modeling_llama.py", "forward"),
         "torch.nn.functional.linear (LM head + layers)": ("{built-in method torch._C._nn.linear}", None),
         "cross_entropy": ("functional.py", "cross_entropy"),
@@ -248,7 +248,8 @@ def main() -> int:
     import torch
     import transformers
 
-    from selectbench.models.scoring import HFLossEngine, default_batch_tokens
+    from selectbench.models.engines.batching import default_batch_tokens
+    from selectbench.models.engines.hf import HFEngine
     from selectbench.selectors.ifd import CHUNK
 
     torch.set_num_threads(args.threads)
@@ -263,11 +264,11 @@ def main() -> int:
     tokens = sum(lengths)
     warm_passes = [(seqs[:8], starts[:8]) for seqs, starts in passes]
 
-    engine = HFLossEngine(
-        model=args.model, dtype=args.dtype, device=args.device, batch_tokens=args.batch_tokens, progress=False
+    engine = HFEngine(
+        model=args.model, dtype=args.dtype, device=args.device, score_batch_tokens=args.batch_tokens, progress=False
     )
     run_selector_style(engine.answer_losses, warm_passes, CHUNK)  # loads the model; warm-up
-    model = engine._model(None)  # the very same model object for every method
+    model = engine._load()  # the very same model object for every method
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     batches = [(i.to(device), m.to(device)) for i, m in padded_batches(passes, args.batch_tokens, CHUNK, pad)]
     singles = [(torch.tensor([s], device=device), torch.ones(1, len(s), dtype=torch.long, device=device))
@@ -293,21 +294,26 @@ def main() -> int:
 
     def hf_at(budget: int) -> Callable[[], Any]:
         def run() -> Any:
-            engine.batch_tokens = budget
+            engine.score_batch_tokens = budget
             return run_selector_style(engine.answer_losses, passes, CHUNK)
 
         return run
 
     def hf_capped(cap: float) -> Callable[[], Any]:
-        from selectbench.models import scoring
+        from selectbench.models.engines import hf
+
+        rule = capped_batches(cap)
+
+        def capped(indices: Any, lengths: list[int], *, batch_tokens: int, **_: Any) -> list[list[int]]:
+            return rule(sorted(indices, key=lambda i: lengths[i], reverse=True), lengths, batch_tokens)
 
         def run() -> Any:
-            engine.batch_tokens = args.batch_tokens
-            original, scoring._batches = scoring._batches, capped_batches(cap)
+            engine.score_batch_tokens = args.batch_tokens
+            original, hf.length_batches = hf.length_batches, capped
             try:
                 return run_selector_style(engine.answer_losses, passes, CHUNK)
             finally:
-                scoring._batches = original
+                hf.length_batches = original
 
         return run
 
@@ -349,12 +355,13 @@ def main() -> int:
 
     vllm_info: dict[str, Any] = {}
     if args.vllm:
-        from selectbench.models.scoring import VLLMLossEngine
+        from selectbench.models.engines.vllm import VLLMEngine
 
-        vllm = VLLMLossEngine(
-            model=args.model, dtype=args.dtype, max_model_len=args.max_length + 8, gpu_memory_utilization=0.3
-        )
-        _, vllm_info["startup_s"] = timed(vllm._engine, sync)
+        vllm = VLLMEngine(
+            model=args.model, dtype=args.dtype, max_model_len=args.max_length + 8, gpu_memory_utilization=0.3,
+            enforce_eager=True, enable_lora=False, enable_prefix_caching=False,
+        )  # fmt: skip
+        _, vllm_info["startup_s"] = timed(lambda: vllm.llm, sync)
         run_selector_style(vllm.answer_losses, warm_passes, CHUNK)
         runs["vllm"] = []
         for _ in range(args.repeats):

@@ -133,13 +133,13 @@ def test_local_judge_reads_the_identifier_probabilities(tiny_llama_dir: Path) ->
     from alpaca_eval.completion_parsers import logprob_parser
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectbench.evaluate.generation import make_generator
+    from selectbench.models.engines.factory import make_engine
 
     prompt = (
         "<|im_start|>system\nYou pick the better output.\n<|im_end|>\n<|im_start|>user\n"
         "Which is better, m or M?\n<|im_end|>"
     )
-    judge = LocalJudgeCompletions(make_generator("hf", str(tiny_llama_dir), progress=False))
+    judge = LocalJudgeCompletions(make_engine("hf", str(tiny_llama_dir), progress=False))
     reply = judge([prompt, prompt.replace("Which is better", "Which is worse")])
     # A direct computation: the judge's next-token distribution after its own chat template.
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)

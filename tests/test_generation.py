@@ -12,7 +12,9 @@ import pytest
 from evaluate_helpers import FakeOpenAI, make_lora_adapters
 
 from selectbench.errors import SelectbenchError
-from selectbench.evaluate.generation import Decoding, GenerationCache, cached_generate, make_generator
+from selectbench.models.engines.base import Decoding
+from selectbench.models.engines.cache import GenerationCache, cached_generate
+from selectbench.models.engines.factory import make_engine
 
 PROMPTS = [
     "Explain why the sky is blue.",
@@ -36,7 +38,7 @@ def adapters(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def hf(tiny_llama_dir: Path) -> Any:
     """The hf engine on the tiny Llama (float32, small batches so batching is exercised)."""
-    return make_generator("hf", str(tiny_llama_dir), batch_size=3, progress=False)
+    return make_engine("hf", str(tiny_llama_dir), batch_size=3, progress=False)
 
 
 def test_batched_greedy_equals_one_at_a_time(hf: Any, adapters: list[Path]) -> None:
@@ -51,22 +53,23 @@ def test_batched_greedy_equals_one_at_a_time(hf: Any, adapters: list[Path]) -> N
 
 
 def test_adapters_switch_without_reloading_the_base(hf: Any, adapters: list[Path]) -> None:
-    base = hf.generate(CONVERSATIONS[:4], max_new_tokens=12)
+    twelve = Decoding(max_new_tokens=12)
+    base = hf.generate(CONVERSATIONS[:4], twelve)
     weights = hf._base
-    first = hf.generate(CONVERSATIONS[:4], adapter=str(adapters[0]), max_new_tokens=12)
-    second = hf.generate(CONVERSATIONS[:4], adapter=str(adapters[1]), max_new_tokens=12)
-    assert hf.generate(CONVERSATIONS[:4], max_new_tokens=12) == base  # the adapters are off again
-    assert hf.generate(CONVERSATIONS[:4], adapter=str(adapters[0]), max_new_tokens=12) == first
+    first = hf.generate(CONVERSATIONS[:4], twelve, adapter=str(adapters[0]))
+    second = hf.generate(CONVERSATIONS[:4], twelve, adapter=str(adapters[1]))
+    assert hf.generate(CONVERSATIONS[:4], twelve) == base  # the adapters are off again
+    assert hf.generate(CONVERSATIONS[:4], twelve, adapter=str(adapters[0])) == first
     assert first != base and second != base and first != second
     assert hf._base is weights and len(hf._adapters) == 2
 
 
 def test_sampling_is_seeded_and_gives_n_completions(hf: Any) -> None:
     options = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, n=3)
-    once = hf.generate(CONVERSATIONS[:2], seed=7, **options)
+    once = hf.generate(CONVERSATIONS[:2], Decoding(seed=7, **options))
     assert [len(c) for c in once] == [3, 3] and len(set(once[0])) > 1
-    assert hf.generate(CONVERSATIONS[:2], seed=7, **options) == once
-    assert hf.generate(CONVERSATIONS[:2], seed=8, **options) != once
+    assert hf.generate(CONVERSATIONS[:2], Decoding(seed=7, **options)) == once
+    assert hf.generate(CONVERSATIONS[:2], Decoding(seed=8, **options)) != once
 
 
 def test_bad_engine_options_and_decoding_are_clear_errors(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -75,12 +78,40 @@ def test_bad_engine_options_and_decoding_are_clear_errors(tiny_llama_dir: Path, 
     with pytest.raises(SelectbenchError, match="top_p must be in"):
         Decoding(top_p=0)
     with pytest.raises(SelectbenchError, match=r"does not take option.*batch_sise.*its options: .*batch_size"):
-        make_generator("hf", str(tiny_llama_dir), batch_sise=4)
+        make_engine("hf", str(tiny_llama_dir), batch_sise=4)
     with pytest.raises(SelectbenchError, match="unknown engine 'gpu'"):
-        make_generator("gpu", str(tiny_llama_dir))
-    generator = make_generator("hf", str(tiny_llama_dir), progress=False)
+        make_engine("gpu", str(tiny_llama_dir))
+    generator = make_engine("hf", str(tiny_llama_dir), progress=False)
     with pytest.raises(SelectbenchError, match="no such folder"):
-        generator.generate(CONVERSATIONS[:1], adapter=str(tmp_path / "missing"))
+        generator.generate(CONVERSATIONS[:1], Decoding(), adapter=str(tmp_path / "missing"))
+
+
+def test_embeddings_are_the_last_layer_states_last_token_or_mean(
+    tiny_llama_dir: Path, hf: Any, adapters: list[Path]
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    texts = PROMPTS[:5]
+    ids = [hf.tokenizer(t)["input_ids"] for t in texts]
+    assert len({len(i) for i in ids}) > 2  # lengths differ, so batches are padded
+    batched = make_engine("hf", str(tiny_llama_dir), dtype="float32", score_batch_tokens=4096, progress=False)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), adapters[0]
+    ).eval()
+    for adapter, reference in ((None, plain), (str(adapters[0]), tuned)):
+        with torch.no_grad():
+            states = [reference(torch.tensor([i]), output_hidden_states=True).hidden_states[-1][0] for i in ids]
+        want_last = np.stack([s[-1].numpy() for s in states])
+        want_mean = np.stack([s.mean(0).numpy() for s in states])
+        for engine in (hf, batched):  # one sequence per batch (CPU default) and padded batches
+            np.testing.assert_allclose(engine.embed(texts, adapter=adapter), want_last, atol=1e-4)
+            np.testing.assert_allclose(engine.embed(ids, adapter=adapter, pooling="mean"), want_mean, atol=1e-4)
+    assert hf.embed(texts).shape == (5, plain.config.hidden_size)
+    with pytest.raises(SelectbenchError, match="pooling must be one of"):
+        hf.embed(texts, pooling="max")
 
 
 class CountingGenerator:
@@ -93,9 +124,9 @@ class CountingGenerator:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def generate(self, conversations: list, **decoding: Any) -> list[list[str]]:
+    def generate(self, conversations: list, decoding: Decoding, *, adapter: str | None = None) -> list[list[str]]:
         self.asked += [c[-1]["content"] for c in conversations]
-        return [[f"{c[-1]['content']} / {decoding['max_new_tokens']}"] * decoding["n"] for c in conversations]
+        return [[f"{c[-1]['content']} / {decoding.max_new_tokens}"] * decoding.n for c in conversations]
 
     def describe(self) -> dict:
         return {"engine": self.name}
@@ -130,8 +161,8 @@ def test_openai_engine_sends_the_decoding_and_reads_the_key_from_the_environment
 ) -> None:
     monkeypatch.setenv("SB_GEN_KEY", "sk-gen-123")
     with FakeOpenAI(answer=lambda text: text.upper()) as server:
-        engine = make_generator("openai", "served-model", base_url=server.url, api_key_env="SB_GEN_KEY")
-        out = engine.generate(CONVERSATIONS[:3], max_new_tokens=7, temperature=0.5, seed=3, n=2)
+        engine = make_engine("openai", "served-model", base_url=server.url, api_key_env="SB_GEN_KEY")
+        out = engine.generate(CONVERSATIONS[:3], Decoding(max_new_tokens=7, temperature=0.5, seed=3, n=2))
         assert out == [[p.upper()] * 2 for p in PROMPTS[:3]]
         sent = server.requests[0]
         assert (sent["max_tokens"], sent["temperature"], sent["seed"], sent["n"]) == (7, 0.5, 3, 2)
@@ -140,10 +171,10 @@ def test_openai_engine_sends_the_decoding_and_reads_the_key_from_the_environment
         assert all(a == "Bearer sk-gen-123" for a in server.auth)
         assert "sk-gen-123" not in json.dumps(engine.describe())
         with pytest.raises(SelectbenchError, match="cannot load an adapter"):
-            engine.generate(CONVERSATIONS[:1], adapter="x")
+            engine.generate(CONVERSATIONS[:1], Decoding(), adapter="x")
     monkeypatch.delenv("SB_GEN_KEY")
     with pytest.raises(SelectbenchError, match="SB_GEN_KEY is not set"):
-        engine.generate(CONVERSATIONS[:1])
+        engine.generate(CONVERSATIONS[:1], Decoding())
 
 
 # ------------------------------------------------------------------------------------------------------- vLLM
@@ -153,7 +184,7 @@ def test_openai_engine_sends_the_decoding_and_reads_the_key_from_the_environment
 def vllm_engine(tiny_llama_dir: Path) -> Any:
     """The one vLLM engine of this module (startup dominates: one to two minutes on CPU)."""
     pytest.importorskip("vllm")
-    engine = make_generator(
+    engine = make_engine(
         "vllm", str(tiny_llama_dir), dtype="float32", max_model_len=2048, max_lora_rank=8, progress=False
     )
     yield engine
@@ -177,7 +208,9 @@ def test_vllm_greedy_matches_hf_token_for_token(vllm_engine: Any, hf: Any, adapt
     assert all(share == 1.0 for share in shares.values()), shares
     # Both adapters came from the one engine, which never restarted.
     assert vllm_engine.llm is llm
-    texts = [vllm_engine.generate(CONVERSATIONS[:3], adapter=a, max_new_tokens=12) for a in (None, *adapters)]
+    texts = [
+        vllm_engine.generate(CONVERSATIONS[:3], Decoding(max_new_tokens=12), adapter=a) for a in (None, *adapters)
+    ]
     assert texts[0] != texts[1] and texts[1] != texts[2] and texts[0] != texts[2]
 
 

@@ -201,14 +201,19 @@ def test_ifd_equals_the_reference_with_smollm2(smollm2_dir: Path) -> None:
 
 @pytest.mark.vllm
 def test_hf_and_vllm_engines_agree(tiny_llama_dir: Path) -> None:
-    from selectbench.models.scoring import make_loss_engine
+    from selectbench.models.engines.factory import make_engine
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     texts = [r["instruction"] + "\n" + r["output"] for r in ROWS]
     sequences = [tokenizer(t)["input_ids"][:200] for t in texts]
     starts = [len(tokenizer(r["instruction"] + "\n")["input_ids"]) for r in ROWS]
-    hf_sums, hf_counts = make_loss_engine("hf", str(tiny_llama_dir), progress=False).answer_losses(sequences, starts)
-    vllm = make_loss_engine("vllm", str(tiny_llama_dir), max_model_len=256)
+    hf_sums, hf_counts = make_engine("hf", str(tiny_llama_dir), dtype="float32", progress=False).answer_losses(
+        sequences, starts
+    )
+    vllm = make_engine(
+        "vllm", str(tiny_llama_dir), dtype="float32", max_model_len=256, gpu_memory_utilization=0.3,
+        enforce_eager=True, enable_lora=False, enable_prefix_caching=False,
+    )  # fmt: skip
     vllm_sums, vllm_counts = vllm.answer_losses(sequences, starts)
     assert list(vllm_counts) == list(hf_counts)
     np.testing.assert_allclose(vllm_sums / vllm_counts, hf_sums / hf_counts, atol=1e-3)

@@ -310,8 +310,8 @@ class FakeGenerator:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def generate(self, conversations, **decoding):  # type: ignore[no-untyped-def]
-        self.calls.append({"count": len(conversations), **decoding})
+    def generate(self, conversations, decoding, *, adapter=None):  # type: ignore[no-untyped-def]
+        self.calls.append({"count": len(conversations), **decoding.as_dict()})
         out = []
         for conv in conversations:
             text = conv[-1]["content"]

@@ -1,8 +1,9 @@
-"""Evaluation: benchmarks (HumanEval, AlpacaEval, held-out NLL), generation engines and the sandbox that runs code."""
+"""Evaluation: benchmarks (HumanEval, AlpacaEval, held-out NLL) and the sandbox that runs code. Engines live in
+:mod:`selectbench.models.engines`."""
 
 from typing import Any
 
-__all__ = ["evaluate", "make_generator"]
+__all__ = ["evaluate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -11,8 +12,4 @@ def __getattr__(name: str) -> Any:
         from selectbench.evaluate.benchmarks import evaluate
 
         return evaluate
-    if name == "make_generator":
-        from selectbench.evaluate.generation import make_generator
-
-        return make_generator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from typing import Any
 from selectbench.errors import SelectbenchError
 from selectbench.evaluate.benchmarks import DEMO_EVAL_SET, AlpacaEvalParams, Context, Outcome, metric
 from selectbench.io import write_json
+from selectbench.models.engines.base import NextTokenScorer
 
 JUDGE_DIR = "judge"
 # The AlpacaEval 2 annotator: the judge names the better of two outputs with one token ("m" or "M"), and the
@@ -67,7 +68,7 @@ def env_key_openai_client(*, api_key_env: str, **kwargs: Any) -> Any:
     key itself out of every file and log."""
     import openai
 
-    from selectbench.evaluate.generation import api_key_from_env
+    from selectbench.models.engines.openai import api_key_from_env
 
     return openai.OpenAI(api_key=api_key_from_env(api_key_env), **kwargs)
 
@@ -95,7 +96,8 @@ def _template_text(relpath: str) -> str:
 
 @dataclass
 class LocalJudgeCompletions:
-    """An alpaca-eval completion function backed by a local model (any selectbench generation engine).
+    """An alpaca-eval completion function backed by a local model (an hf or vllm engine: a
+    :class:`~selectbench.models.engines.base.NextTokenScorer`).
 
     For each judge prompt (alpaca-eval's ChatML-style text) it renders the conversation with the judge's own chat
     template and reads the log-probabilities of the two output identifiers as the first token of its answer; it
@@ -103,7 +105,7 @@ class LocalJudgeCompletions:
     into the AlpacaEval 2 weighted preference, exactly as for an API judge that returns log-probabilities.
     """
 
-    generator: Any
+    generator: NextTokenScorer
     labels: tuple[str, str] = ("m", "M")
     prompts_seen: int = field(default=0, init=False)
 
@@ -182,13 +184,15 @@ def make_judge(params: AlpacaEvalParams, judge_dir: Path, generator: Any = None)
         prompt.write_text(_template_text(CLF_TEMPLATE), encoding="utf-8")
         own = None
         if generator is None:
-            from selectbench.evaluate.generation import make_generator
+            from selectbench.models.engines.factory import make_engine
 
             if params.judge_engine == "openai":
                 raise SelectbenchError(
                     "alpacaeval: judge_engine must be auto, hf or vllm (for an endpoint: judge=openai)"
                 )
-            generator = own = make_generator(params.judge_engine, params.judge_model, progress=False)
+            generator = own = make_engine(
+                params.judge_engine, params.judge_model, allowed=("auto", "hf", "vllm"), progress=False
+            )
         completions = LocalJudgeCompletions(generator)
         config = {
             "prompt_template": str(prompt),
@@ -214,7 +218,7 @@ def make_judge(params: AlpacaEvalParams, judge_dir: Path, generator: Any = None)
         )
     if params.judge != "openai":
         raise SelectbenchError(f"alpacaeval: judge must be 'local' or 'openai', got {params.judge!r}")
-    from selectbench.evaluate.generation import api_key_from_env
+    from selectbench.models.engines.openai import api_key_from_env
 
     api_key_from_env(params.judge_api_key_env)  # fail now, not after generating
     annotator = params.annotator or DEFAULT_ANNOTATOR
@@ -293,7 +297,7 @@ def run_alpacaeval(ctx: Context, judge_generator: Any = None) -> Outcome:
             judge_generator = shared  # the judge is the model this engine already serves: no second engine
     judge = make_judge(params, judge_dir, judge_generator)
     try:
-        completions = ctx.generate([record_messages(r, with_response=False) for r in records], params.decoding())
+        completions = ctx.generate([record_messages(r, with_response=False) for r in records], params)
         write_generations(ctx, [r["id"] for r in records], completions)
         model_name = ctx.model if ctx.adapter is None else f"{ctx.model}+{Path(ctx.adapter).name}"
         if model_name == params.reference_name:

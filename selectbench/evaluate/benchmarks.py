@@ -20,17 +20,12 @@ from typing import Any
 
 from selectbench.artifacts import StageFolder
 from selectbench.errors import SelectbenchError
-from selectbench.evaluate.generation import (
-    Conversation,
-    Decoding,
-    Generator,
-    adapter_fingerprint,
-    cached_generate,
-    check_adapter,
-    make_generator,
-    resolve_engine,
-)
 from selectbench.io import atomic_open, dumps, versions
+from selectbench.models.engines.adapters import adapter_fingerprint, check_adapter
+from selectbench.models.engines.base import Conversation, Decoding, Generator, resolve_engine
+from selectbench.models.engines.cache import cached_generate
+from selectbench.models.engines.factory import make_engine
+from selectbench.models.engines.openai import endpoint_fingerprint
 from selectbench.models.spec import file_sha256
 
 RESULTS_FILE = "results.jsonl"
@@ -44,27 +39,17 @@ def _opt(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
-class DecodingParams:
-    """Decoding options every generating benchmark takes (the same for every run of a grid)."""
-
-    max_new_tokens: int = _opt(512, "generated tokens per completion, at most")
-    temperature: float = _opt(0.0, "0 = greedy (default); > 0 samples")
-    top_p: float = _opt(1.0, "nucleus sampling mass")
-    seed: int = _opt(0, "sampling seed")
-    n: int = _opt(1, "completions per prompt (n > 1 needs temperature > 0)")
-
-    def decoding(self) -> Decoding:
-        """The decoding configuration these options describe."""
-        return Decoding(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.n)
-
-
-@dataclass(frozen=True)
-class HumanEvalParams(DecodingParams):
-    """Options of ``humaneval``."""
+class HumanEvalParams(Decoding):
+    """Options of ``humaneval``: the decoding (passed to the engine as is) and the scoring options."""
 
     k: int | str | tuple = _opt(1, "pass@k values: an int, a list, or '1,10'")
     timeout_s: float | None = _opt(None, "wall-clock seconds per sample (default: the sandbox's)")
     workers: int | None = _opt(None, "samples executed in parallel (default: the sandbox's)")
+
+    def __post_init__(self) -> None:
+        # Not checked here: scoring given --samples generates nothing, so the decoding options are checked only
+        # when generating (in evaluate, before any model loads).
+        pass
 
     def ks(self) -> tuple[int, ...]:
         """``k`` as a tuple of positive ints."""
@@ -82,8 +67,8 @@ class HumanEvalParams(DecodingParams):
 
 
 @dataclass(frozen=True)
-class AlpacaEvalParams(DecodingParams):
-    """Options of ``alpacaeval``."""
+class AlpacaEvalParams(Decoding):
+    """Options of ``alpacaeval``: the decoding of the answers (passed to the engine as is) and the judge."""
 
     max_new_tokens: int = _opt(1024, "generated tokens per answer, at most")
     instructions: str = _opt(
@@ -281,14 +266,13 @@ class Context:
             return self.shared_generator
         if self._own_generator is None:
             options = dict(self.engine_options)
-            if "progress" not in options and resolve_engine(self.engine) in ("hf", "vllm", "openai"):
-                options["progress"] = self.progress
-            self._own_generator = make_generator(self.engine, _require_model(self), **options)
+            options.setdefault("progress", self.progress)
+            self._own_generator = make_engine(self.engine, _require_model(self), **options)
         return self._own_generator
 
     def generate(self, conversations: Sequence[Conversation], decoding: Decoding) -> list[list[str]]:
         """Completions for each conversation, from the generation cache where present (see
-        :func:`selectbench.evaluate.generation.cached_generate`); also written to ``generations.jsonl``."""
+        :func:`selectbench.models.engines.cache.cached_generate`); the benchmark's options are the ``decoding``."""
         generator = self.generator()
         completions, info = cached_generate(
             generator, conversations, bench=self.bench, decoding=decoding, adapter=self.adapter
@@ -339,7 +323,7 @@ def _model_fingerprint(model: str | None, engine: str, engine_options: dict[str,
     if model is None:
         return None
     if resolve_engine(engine) == "openai":
-        return f"openai:{engine_options.get('base_url') or 'https://api.openai.com/v1'}:{model}"
+        return endpoint_fingerprint(engine_options.get("base_url"), model)
     from selectbench.models.spec import resolve_model
 
     return resolve_model(model).fingerprint
@@ -376,7 +360,7 @@ def evaluate(
         engine: ``auto``, ``hf``, ``vllm`` or ``openai``.
         generator: a generation engine to use instead of building one (e.g. one vLLM engine shared by a whole
             grid: the base model loaded once, each subset's adapter served per request). Not closed here.
-        engine_options: options for the engine built here (see :func:`make_generator`).
+        engine_options: options for the engine built here (see :func:`selectbench.models.engines.factory.make_engine`).
         samples: ``humaneval`` only: score this file of ``{"task_id", "completion"}`` lines without generating.
         force: re-run even if ``out_dir`` holds a finished run with the same configuration.
         progress: show progress bars.
@@ -390,8 +374,8 @@ def evaluate(
     # Bad option values fail here, before any model loads or anything is generated.
     if isinstance(options, HumanEvalParams):
         options.ks()
-    if isinstance(options, DecodingParams) and samples is None:
-        options.decoding()
+    if isinstance(options, Decoding) and samples is None:
+        options.validate()
     engine_options = dict(engine_options or {})
     resolve_engine(engine)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):

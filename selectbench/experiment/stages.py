@@ -59,7 +59,8 @@ def evaluate_stage(
 ) -> Any:
     """Evaluate the run on ``bench``; returns the (possibly newly built) shared generation engine."""
     from selectbench.evaluate.benchmarks import SUMMARY_FILE, evaluate, get_benchmark
-    from selectbench.evaluate.generation import make_generator, resolve_engine
+    from selectbench.models.engines.base import resolve_engine
+    from selectbench.models.engines.factory import make_engine
 
     layout = RunLayout(out, run.run_id)
     stage = layout.eval(bench)
@@ -70,7 +71,7 @@ def evaluate_stage(
     generates = get_benchmark(bench).generates
     engine = resolve_engine(config.evaluate.engine)
     if generator is None and generates and engine != "openai":
-        generator = make_generator(engine, config.model, **config.evaluate.engine_options)
+        generator = make_engine(engine, config.model, **config.evaluate.engine_options)
     evaluate(
         bench,
         config.model,

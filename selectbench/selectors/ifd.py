@@ -185,9 +185,9 @@ class IFDSelector(ScoreSelector):
         return self.variant != "loss_cond"
 
     def _engine_name(self) -> str:
-        from selectbench.models.scoring import _vllm_usable
+        from selectbench.models.engines.base import resolve_engine
 
-        return ("vllm" if _vllm_usable() else "hf") if self.engine == "auto" else self.engine
+        return resolve_engine(self.engine, allowed=("auto", "hf", "vllm"))
 
     def _scores(self, pool: Pool) -> dict[str, np.ndarray]:
         folder = cache_dir("scores", "ifd", self._cache_key(pool))
@@ -212,18 +212,25 @@ class IFDSelector(ScoreSelector):
         from tqdm import tqdm
 
         from selectbench.io import atomic_open
+        from selectbench.models.engines.factory import make_engine
         from selectbench.models.loading import load_tokenizer
-        from selectbench.models.scoring import make_loss_engine
+        from selectbench.models.spec import resolve_model
 
-        tokenizer = load_tokenizer(self.model)
-        engine = make_loss_engine(
-            self.engine,
-            self.model,
-            dtype=self.dtype,
-            batch_tokens=self.batch_tokens,
-            max_model_len=self.max_length + 8,
-            progress=False,
-        )
+        model = resolve_model(self.model)  # once for the tokenizer and the engine
+        tokenizer = load_tokenizer(model)
+        name = self._engine_name()
+        if name == "vllm":
+            # A scoring engine: LoRA and prefix caching off (see VLLMEngine), eager, a third of the memory.
+            options: dict[str, Any] = {
+                "max_model_len": self.max_length + 8,
+                "gpu_memory_utilization": 0.3,
+                "enforce_eager": True,
+                "enable_lora": False,
+                "enable_prefix_caching": False,
+            }
+        else:
+            options = {"score_batch_tokens": self.batch_tokens}
+        engine = make_engine(name, model, dtype=self.dtype, progress=False, **options)
         direct_context = "" if self.direct_context == "none" else self.direct_context
         total = sum(hi - lo for lo, hi in chunks)
         bar = tqdm(

@@ -18,6 +18,7 @@ from typing import Any
 
 from selectbench.errors import SelectbenchError
 from selectbench.io import atomic_open, cache_dir, dumps, versions, write_json
+from selectbench.models.engines.base import Decoding
 
 PROMPT_VERSION = 1
 ASPECTS = ("helpfulness", "correctness")
@@ -168,7 +169,7 @@ def build_quadruples(
 
     Args:
         pairs: ``{"id", "instruction", "human", ["domain"]}`` dicts.
-        generator: a :class:`selectbench.evaluate.generation.Generator` (writes the answers; greedy).
+        generator: a :class:`selectbench.models.engines.base.Generator` (writes the answers; greedy).
         judge: the Generator that rates (default: ``generator``); greedy.
         max_new_tokens: tokens per generated answer.
         judge_max_new_tokens: tokens per judge reply.
@@ -208,15 +209,9 @@ def _build_chunk(
     def first(completions: list[list[str]]) -> list[str]:
         return [c[0] if c else "" for c in completions]
 
-    greedy = {"temperature": 0.0, "top_p": 1.0, "n": 1}
-    referenced = first(
-        generator.generate(
-            [referenced_messages(p["instruction"], p["human"]) for p in chunk], max_new_tokens=max_new_tokens, **greedy
-        )
-    )
-    direct = first(
-        generator.generate([direct_messages(p["instruction"]) for p in chunk], max_new_tokens=max_new_tokens, **greedy)
-    )
+    answer, rate = Decoding(max_new_tokens=max_new_tokens), Decoding(max_new_tokens=judge_max_new_tokens)  # greedy
+    referenced = first(generator.generate([referenced_messages(p["instruction"], p["human"]) for p in chunk], answer))
+    direct = first(generator.generate([direct_messages(p["instruction"]) for p in chunk], answer))
     answers = [
         {"human": p["human"], "referenced": r.strip(), "direct": d.strip()}
         for p, r, d in zip(chunk, referenced, direct, strict=True)
@@ -224,9 +219,7 @@ def _build_chunk(
     requests = [(i, kind, aspect) for i in range(len(chunk)) for kind in KINDS for aspect in ASPECTS]
     replies = first(
         judge.generate(
-            [rating_messages(chunk[i]["instruction"], answers[i][kind], aspect) for i, kind, aspect in requests],
-            max_new_tokens=judge_max_new_tokens,
-            **greedy,
+            [rating_messages(chunk[i]["instruction"], answers[i][kind], aspect) for i, kind, aspect in requests], rate
         )
     )
     ratings: list[dict[str, dict[str, float | None]]] = [{k: {} for k in KINDS} for _ in chunk]
@@ -290,14 +283,14 @@ def build_data(
             )
     owned = []
     if generator is None:
-        from selectbench.evaluate.generation import make_generator
+        from selectbench.models.engines.factory import make_engine
 
-        generator = make_generator(engine, model, **options)
+        generator = make_engine(engine, model, **options)
         owned.append(generator)
     if judge is None and judge_model is not None and judge_model != model:
-        from selectbench.evaluate.generation import make_generator
+        from selectbench.models.engines.factory import make_engine
 
-        judge = make_generator(engine, judge_model, **options)
+        judge = make_engine(engine, judge_model, **options)
         owned.append(judge)
     judge = judge or generator
     identity = {
