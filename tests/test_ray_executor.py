@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from selectbench.config import ExperimentConfig, PoolSpec
 from selectbench.errors import SelectbenchError
 from selectbench.executors import score_in_shards, shard_bounds
+from selectbench.experiment.config import ExperimentConfig, PoolSpec
 from selectbench.runner import load_experiment_pool
 from selectbench.selectors import make_selector
 from selectbench.testing import tiny_pool
