@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selectbench import __version__
+from selectbench.config import parse_assignments
 from selectbench.errors import SelectbenchError
 
 # Subcommands that live beside their stage: each module has ``add_parser(subparsers)``, which adds the
@@ -21,23 +22,6 @@ STAGE_COMMANDS: tuple[str, ...] = (
     "selectbench.finetune.cli",
     "selectbench.selectors.scar.cli",
 )
-
-
-def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``["max_length=512", "template=alpaca"]`` -> ``{"max_length": 512, "template": "alpaca"}`` (YAML scalars)."""
-    import yaml
-
-    params: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SelectbenchError(f"--param expects key=value, got {pair!r}")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        params[key.strip()] = value if isinstance(parsed, (dict, list)) else parsed
-    return params
 
 
 def _add_pool_args(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +110,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from selectbench.selectors.artifacts import write_selection
 
     budget = parse_budget(args.budget)
-    selector = make_selector(args.selector, **parse_params(args.param))
+    selector = make_selector(args.selector, **parse_assignments(args.param))
     start = time.perf_counter()
     pool = _load(args)
     loaded = time.perf_counter() - start
@@ -145,7 +129,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from selectbench.io import atomic_open, dumps
     from selectbench.selectors import ScoreSelector, available, make_selector
 
-    selector = make_selector(args.selector, **parse_params(args.param))
+    selector = make_selector(args.selector, **parse_assignments(args.param))
     if not isinstance(selector, ScoreSelector):
         scorers = [name for name, cls in available().items() if issubclass(cls, ScoreSelector)]
         raise SelectbenchError(
@@ -200,7 +184,7 @@ LISTINGS["benchmarks"] = lambda: importlib.import_module("selectbench.evaluate.b
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``selectbench run [CONFIG]``: the whole grid, resumable; with no config, the embedded demo."""
-    from selectbench.config import load_config
+    from selectbench.experiment.config import load_config
     from selectbench.experiment.presets import QUICK_PATH
     from selectbench.experiment.run import run_experiment
 
@@ -216,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``selectbench validate CONFIG``: load strictly and report."""
-    from selectbench.config import load_config
+    from selectbench.experiment.config import load_config
     from selectbench.experiment.plan import plan
 
     config = load_config(args.config, list(args.set or []))

@@ -126,9 +126,9 @@ def test_ls_selectors_lists_the_builtins() -> None:
 
 
 def test_param_values_are_yaml_scalars() -> None:
-    from selectbench.cli import parse_params
+    from selectbench.config import parse_assignments
 
-    assert parse_params(["max_length=512", "ratio=0.5", "flag=true", "name=alpaca", "empty="]) == {
+    assert parse_assignments(["max_length=512", "ratio=0.5", "flag=true", "name=alpaca", "empty="]) == {
         "max_length": 512,
         "ratio": 0.5,
         "flag": True,

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from selectbench.config import ConfigError, load_config
+from selectbench.config import ConfigError
+from selectbench.experiment.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted([*ROOT.glob("selectbench/configs/*.yaml"), *ROOT.glob("configs/*.yaml")])
@@ -98,7 +99,7 @@ def test_every_problem_is_reported_at_once_with_its_key_path(tmp_path):
 def test_set_overrides_use_dotted_paths_and_yaml_values(tmp_path):
     path = write(tmp_path, GOOD)
     config = load_config(path, ["finetune.epochs=2", "pool.limit=10", "selectors.1.params.unit=words", "out=/x/y"])
-    assert config.finetune["epochs"] == 2 and config.pool.limit == 10
+    assert config.finetune.epochs == 2 and config.pool.limit == 10
     assert config.selectors[1].params["unit"] == "words" and str(config.out_dir()) == "/x/y"
     with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(path, ["finetune.epochs"])

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from selectbench.config import ExperimentConfig, PoolSpec
 from selectbench.errors import SelectbenchError
+from selectbench.experiment.config import ExperimentConfig, PoolSpec
 from selectbench.experiment.plan import load_experiment_pool
 from selectbench.experiment.ray import score_in_shards, shard_bounds
 from selectbench.selectors import make_selector

@@ -15,12 +15,12 @@ from conftest import run_cli, write_jsonl
 from scar_helpers import make_tiny_bert, quadruple_rows, write_rows
 
 from selectbench.errors import InputError, SelectbenchError
+from selectbench.selectors.scar.config import ScarTrainConfig
 from selectbench.selectors.scar.data import build_data, build_quadruples, parse_rating
 from selectbench.selectors.scar.model import load_ranker
 from selectbench.selectors.scar.train import (
     PAIRS,
     Quadruple,
-    ScarTrainConfig,
     _batch_loss,
     load_quadruples,
     pair_masks,

@@ -198,44 +198,27 @@ def get_benchmark(name: str) -> Benchmark:
 def list_benchmarks() -> list[tuple[str, str]]:
     """``(name, description)`` rows for ``selectbench ls benchmarks``, each followed by its ``--param`` options
     (``key=default  help``) on rows of their own."""
+    from selectbench.config import describe_fields
+
     rows = []
     for bench in BENCHMARKS.values():
         rows.append((bench.name, bench.description))
-        for option in dataclasses.fields(bench.params):
-            rows.append(("", f"  --param {option.name}={option.default}  {option.metadata.get('help', '')}"))
+        for name, default, text in describe_fields(bench.params):
+            rows.append(("", f"  --param {name}={default}  {text}"))
     return rows
 
 
 def parse_params(benchmark: Benchmark, params: dict[str, Any]) -> Any:
     """Build the benchmark's options from ``params``; every problem (unknown key, wrong type) in one message."""
-    known = {f.name: f for f in dataclasses.fields(benchmark.params)}
-    problems = []
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        problems.append(f"unknown option(s) {', '.join(unknown)}")
-    for key, value in params.items():
-        if key not in known or key == "k":
-            continue
-        default = known[key].default
-        expected = type(default) if default is not None else None
-        if key in ("timeout_s",):
-            expected = float
-        elif key in ("workers",):
-            expected = int
-        if value is None or expected is None:
-            continue
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            ok = True  # e.g. a judge model name that YAML read as a number
-        if not ok:
-            problems.append(f"{key} must be {expected.__name__}, got {value!r}")
-    if problems:
-        options = ", ".join(f"{name} ({f.metadata.get('help', '')})" for name, f in known.items())
-        raise SelectbenchError(f"{benchmark.name}: {'; '.join(problems)}. Valid options: {options}")
-    values = {k: (str(v) if isinstance(known[k].default, str) and v is not None else v) for k, v in params.items()}
-    return benchmark.params(**values)
+    from selectbench.config import ConfigRules, build, describe_fields
+
+    problems: list[str] = []
+    rules = ConfigRules(unknown="unknown option(s) {key}{hint}", mismatch="{path} must be {expected}, got {value!r}")
+    options = build(benchmark.params, params, problems, rules=rules)
+    if problems or options is None:
+        valid = ", ".join(f"{name} ({text})" for name, _, text in describe_fields(benchmark.params))
+        raise SelectbenchError(f"{benchmark.name}: {'; '.join(problems)}. Valid options: {valid}")
+    return options
 
 
 @dataclass

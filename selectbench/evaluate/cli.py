@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``selectbench evaluate``."""
-    from selectbench.cli import parse_params
+    from selectbench.config import parse_assignments
     from selectbench.evaluate.benchmarks import evaluate, get_benchmark, print_summary
 
     get_benchmark(args.bench)  # an unknown name fails before anything loads
@@ -53,10 +53,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         limit=args.limit,
         engine=args.engine,
-        engine_options=parse_params(args.engine_option),
+        engine_options=parse_assignments(args.engine_option, "--engine-option"),
         samples=args.samples,
         force=args.force,
-        **parse_params(args.param),
+        **parse_assignments(args.param),
     )
     print_summary(args.bench, summary, Path(args.out))
     _print_notes(Path(args.out))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from selectbench.artifacts import ExperimentLayout, RunLayout, StageFolder
-from selectbench.config import ExperimentConfig
 from selectbench.errors import SelectbenchError
+from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.plan import Run
 from selectbench.io import dumps
 
@@ -19,10 +19,9 @@ def aggregate(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path) -
     from selectbench.data import load_pool
     from selectbench.data.labels import intrinsic_metrics
     from selectbench.evaluate.benchmarks import SUMMARY_FILE, get_benchmark
-    from selectbench.finetune import FinetuneConfig
     from selectbench.reports.results import write_results
 
-    recipe_hash = FinetuneConfig.from_overrides(config.finetune).recipe_hash()
+    recipe_hash = config.finetune.recipe_hash()
     eval_hash = config.eval_config_hash()
     labelled = config.intrinsic
     if labelled is None:

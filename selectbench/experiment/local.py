@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selectbench.config import ExperimentConfig
+from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.plan import Run
 from selectbench.experiment.stages import evaluate_stage, finetune_stage, select_stage
 

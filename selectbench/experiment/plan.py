@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from selectbench.config import ExperimentConfig
 from selectbench.errors import SelectbenchError
+from selectbench.experiment.config import ExperimentConfig
 
 
 @dataclass
@@ -66,13 +66,12 @@ def load_experiment_pool(config: ExperimentConfig) -> Any:
 def estimate(config: ExperimentConfig, pool: Any, runs: list[Run]) -> dict[str, Any]:
     """What the grid costs: examples to score, tokens to train, items to generate (before running anything)."""
     from selectbench.evaluate.benchmarks import get_benchmark, parse_params
-    from selectbench.finetune.config import FinetuneConfig
     from selectbench.models.loading import load_tokenizer
     from selectbench.selectors import make_selector
     from selectbench.selectors.base import ScoreSelector
 
     scored = sum(len(pool) for s in config.selectors if isinstance(make_selector(s.name, **s.params), ScoreSelector))
-    recipe = FinetuneConfig.from_overrides(config.finetune).resolved()
+    recipe = config.finetune.resolved()
     sample = pool.records(list(range(min(len(pool), 500))))
     try:
         tokenizer = load_tokenizer(config.model)

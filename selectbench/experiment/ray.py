@@ -26,8 +26,8 @@ from selectbench.io import dumps
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from selectbench.config import ExperimentConfig
     from selectbench.data import Pool
+    from selectbench.experiment.config import ExperimentConfig
     from selectbench.experiment.plan import Run
     from selectbench.selectors.base import ScoreSelector
 

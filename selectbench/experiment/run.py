@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from selectbench.artifacts import ExperimentLayout
-from selectbench.config import ExperimentConfig
 from selectbench.errors import SelectbenchError
 from selectbench.experiment.aggregate import aggregate
+from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.local import run_local
 from selectbench.experiment.plan import estimate, load_experiment_pool, plan, print_plan
 from selectbench.io import dumps, versions, write_json

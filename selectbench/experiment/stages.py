@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from selectbench.artifacts import RunLayout
-from selectbench.config import ExperimentConfig
+from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.plan import Run
 
 
@@ -46,10 +46,10 @@ class _WholePool:
 
 def finetune_stage(config: ExperimentConfig, run: Run, out: Path, *, progress: bool = True) -> Path:
     """Fine-tune on the run's selection with the experiment's one recipe (kept when already done)."""
-    from selectbench.finetune import FinetuneConfig, finetune
+    from selectbench.finetune import finetune
 
     layout = RunLayout(out, run.run_id)
-    recipe = FinetuneConfig.from_overrides(config.finetune)
+    recipe = config.finetune
     finetune(layout.select.path, config.model, recipe, layout.finetune.path, progress=progress)
     return layout.finetune.path
 

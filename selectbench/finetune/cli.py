@@ -7,34 +7,19 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from selectbench.errors import SelectbenchError
-
-
-def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    """``["epochs=1", "lora_target_modules=[q_proj,v_proj]"]`` -> a dict of YAML-parsed values."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise SelectbenchError(f"--set expects key=value, got {pair!r}")
-        try:
-            values[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            values[key.strip()] = text
-    return values
-
 
 def config_help() -> str:
     """The config keys, defaults and meanings, for ``--help``."""
-    from selectbench.finetune.config import describe_fields
+    import json
 
-    rows = describe_fields()
+    from selectbench.config import describe_fields
+    from selectbench.finetune.config import FinetuneConfig
+
+    rows = describe_fields(FinetuneConfig)
     width = max(len(name) for name, _, _ in rows)
     lines = ["recipe keys for --set (default in brackets):"]
     for name, default, text in rows:
-        body = textwrap.wrap(f"[{default}] {text}", width=110 - width)
+        body = textwrap.wrap(f"[{json.dumps(default)}] {text}", width=110 - width)
         lines.append(f"  {name:<{width}}  {body[0]}")
         lines.extend(f"  {'':<{width}}  {more}" for more in body[1:])
     return "\n".join(lines)
@@ -66,10 +51,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """``selectbench finetune``."""
     import os
 
+    from selectbench.config import parse_assignments
     from selectbench.finetune.config import FinetuneConfig
     from selectbench.finetune.recipe import finetune
 
-    config = FinetuneConfig.from_overrides(parse_sets(args.sets))
+    config = FinetuneConfig.from_overrides(parse_assignments(args.sets, "--set"))
     # Quiet the library chatter (dataset maps, tokenizer notes); selectbench prints its own notes and bar.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import transformers

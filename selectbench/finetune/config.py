@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
-import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-from selectbench.errors import SelectbenchError
+from selectbench.config import ConfigError, ConfigRules, build, mismatches, option
 
 # Bump when the recipe code changes what a given config trains (data order, loss masking, truncation ...), so that
 # runs made before and after the change never share a recipe hash.
@@ -29,8 +26,27 @@ LORA_FIELDS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_mo
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _unused_for_mode(overrides: Mapping[str, Any]) -> list[str]:
+    """Keys set explicitly that the chosen mode would silently ignore: errors, so nobody believes they took effect."""
+    problems = []
+    matching = overrides.get("matching", "epochs")
+    method = overrides.get("method", "lora")
+    if matching in MATCHING:
+        for key, mode in (("epochs", "epochs"), ("match_steps", "steps"), ("match_tokens", "tokens")):
+            if key in overrides and overrides[key] is not None and matching != mode:
+                problems.append(f"{key} is only used with matching={mode} (matching is {matching!r})")
+    if method == "full":
+        for key in sorted(LORA_FIELDS & set(overrides)):
+            problems.append(f"{key} is only used with method=lora (method is 'full')")
+    return problems
+
+
+RULES = ConfigRules(
+    unknown="{prefix}unknown fine-tuning config key {key!r}{hint}; valid keys: {valid} "
+    "(`selectbench finetune --help` describes each)",
+    mismatch="{path}: expected {expected}, got {value!r}",
+    check_given=_unused_for_mode,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,127 +57,80 @@ class FinetuneConfig:
     :meth:`resolved` fills the defaults that depend on other fields; :meth:`recipe_hash` identifies the recipe.
     """
 
-    method: Literal["lora", "full"] = field(
-        default="lora", metadata=_help("'lora' (PEFT LoRA adapter, default) or 'full' (all weights)")
+    CONFIG_RULES: ClassVar[ConfigRules] = RULES
+
+    method: Literal["lora", "full"] = option("lora", "'lora' (PEFT LoRA adapter, default) or 'full' (all weights)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_target_modules: str | list[str] = option(
+        "all-linear", "modules that get adapters: 'all-linear' (every linear layer but the output head) or names"
     )
-    lora_r: int = field(default=16, metadata=_help("LoRA rank"))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA scaling alpha (the update is scaled by alpha / r)"))
-    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))
-    lora_target_modules: str | list[str] = field(
-        default="all-linear",
-        metadata=_help("modules that get adapters: 'all-linear' (every linear layer but the output head) or names"),
+    learning_rate: float | None = option(None, "peak learning rate; null: 2e-4 for lora, 2e-5 for full")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = option(
+        "cosine", "learning-rate schedule after warmup"
     )
-    learning_rate: float | None = field(
-        default=None, metadata=_help("peak learning rate; null: 2e-4 for lora, 2e-5 for full")
+    warmup_ratio: float = option(
+        0.03, "share of the optimizer steps spent warming up, [0, 1); rounded down (a short run has none)"
     )
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
-        default="cosine", metadata=_help("learning-rate schedule after warmup")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    epochs: float = option(3, "passes over the subset (matching=epochs only)")
+    batch_size: int = option(8, "examples per optimizer step, over all devices (the effective batch size)")
+    micro_batch_size: int | None = option(
+        None,
+        "examples per device per forward pass; gradient accumulation makes up the rest of batch_size. "
+        "null: batch_size / number of devices on GPUs, 1 on CPU (fastest there). Changes speed and memory, "
+        "not the recipe",
     )
-    warmup_ratio: float = field(
-        default=0.03,
-        metadata=_help("share of the optimizer steps spent warming up, [0, 1); rounded down (a short run has none)"),
+    max_length: int = option(1024, "longest training sequence in tokens (prompt + response)")
+    overlong: Literal["truncate", "drop"] = option(
+        "truncate", "examples longer than max_length: 'truncate' (keep the start) or 'drop' them"
     )
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
-    epochs: float = field(default=3, metadata=_help("passes over the subset (matching=epochs only)"))
-    batch_size: int = field(
-        default=8, metadata=_help("examples per optimizer step, over all devices (the effective batch size)")
+    batching: Literal["length", "random", "packing"] = option(
+        "length",
+        "how examples form batches: 'length' (shuffled, then grouped by length within windows of 64 steps: "
+        "little padding), 'random' (shuffled order as is), or 'packing' (examples concatenated without padding "
+        "into sequences of max_length, attention kept within each example)",
     )
-    micro_batch_size: int | None = field(
-        default=None,
-        metadata=_help(
-            "examples per device per forward pass; gradient accumulation makes up the rest of batch_size. "
-            "null: batch_size / number of devices on GPUs, 1 on CPU (fastest there). Changes speed and memory, "
-            "not the recipe"
-        ),
+    matching: Literal["epochs", "steps", "tokens"] = option(
+        "epochs",
+        "how subsets of different size are trained comparably: 'epochs' (same passes, the papers' default), "
+        "'steps' (every subset gets match_steps optimizer steps), 'tokens' (every subset trains on "
+        "match_tokens tokens, within one example)",
     )
-    max_length: int = field(default=1024, metadata=_help("longest training sequence in tokens (prompt + response)"))
-    overlong: Literal["truncate", "drop"] = field(
-        default="truncate",
-        metadata=_help("examples longer than max_length: 'truncate' (keep the start) or 'drop' them"),
+    match_steps: int | None = option(None, "optimizer steps for every subset (required with matching=steps)")
+    match_tokens: int | None = option(
+        None, "training tokens (prompt + response, no padding) for every subset (required with matching=tokens)"
     )
-    batching: Literal["length", "random", "packing"] = field(
-        default="length",
-        metadata=_help(
-            "how examples form batches: 'length' (shuffled, then grouped by length within windows of 64 steps: "
-            "little padding), 'random' (shuffled order as is), or 'packing' (examples concatenated without padding "
-            "into sequences of max_length, attention kept within each example)"
-        ),
+    seed: int = option(0, "seed for adapter init, dropout and data order")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "'auto': bf16 on a GPU that supports it, else fp32 (always fp32 on CPU); or fp32/bf16/fp16"
     )
-    matching: Literal["epochs", "steps", "tokens"] = field(
-        default="epochs",
-        metadata=_help(
-            "how subsets of different size are trained comparably: 'epochs' (same passes, the papers' default), "
-            "'steps' (every subset gets match_steps optimizer steps), 'tokens' (every subset trains on "
-            "match_tokens tokens, within one example)"
-        ),
+    gradient_checkpointing: bool = option(False, "recompute activations to save GPU memory (slow on CPU; not hashed)")
+    report_to: str = option(
+        "none", "experiment tracking passed to TRL: none, tensorboard, wandb, mlflow, all (not hashed)"
     )
-    match_steps: int | None = field(
-        default=None, metadata=_help("optimizer steps for every subset (required with matching=steps)")
-    )
-    match_tokens: int | None = field(
-        default=None,
-        metadata=_help(
-            "training tokens (prompt + response, no padding) for every subset (required with matching=tokens)"
-        ),
-    )
-    seed: int = field(default=0, metadata=_help("seed for adapter init, dropout and data order"))
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        default="auto",
-        metadata=_help("'auto': bf16 on a GPU that supports it, else fp32 (always fp32 on CPU); or fp32/bf16/fp16"),
-    )
-    gradient_checkpointing: bool = field(
-        default=False, metadata=_help("recompute activations to save GPU memory (slow on CPU; not hashed)")
-    )
-    report_to: str = field(
-        default="none",
-        metadata=_help("experiment tracking passed to TRL: none, tensorboard, wandb, mlflow, all (not hashed)"),
-    )
-    logging_steps: int = field(default=1, metadata=_help("record the loss every N optimizer steps (not hashed)"))
+    logging_steps: int = option(1, "record the loss every N optimizer steps (not hashed)")
 
     def __post_init__(self) -> None:
-        type_problems = _check_types(self)
+        type_problems = mismatches(self)
         problems = [*type_problems.values(), *_check_values(self, set(type_problems))]
         if problems:
-            raise SelectbenchError("bad fine-tuning config:\n  " + "\n  ".join(problems))
+            raise ConfigError("fine-tuning config", problems)
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
         """The default recipe with ``overrides`` applied (e.g. parsed ``--set key=value`` pairs).
 
         Raises:
-            SelectbenchError: unknown keys (the message lists the valid ones), wrong types or bad values, all
-                reported in one message.
+            ConfigError: unknown keys (the message lists the valid ones), wrong types, bad values and keys the
+                chosen mode ignores, all reported in one message.
         """
-        overrides = dict(overrides or {})
-        valid = field_names()
-        unknown = [key for key in overrides if key not in valid]
-        if unknown:
-            hints = [
-                f"{key!r} (did you mean {close[0]!r}?)"
-                if (close := difflib.get_close_matches(key, valid, n=1))
-                else repr(key)
-                for key in unknown
-            ]
-            raise SelectbenchError(
-                f"unknown fine-tuning config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-                f"valid keys: {', '.join(valid)} (`selectbench finetune --help` describes each)"
-            )
-        types_ = _field_types()
-        for key, value in overrides.items():
-            # YAML 1.1 reads "2e-4" (no dot) as a string; a float field takes it as the number it plainly is.
-            if isinstance(value, str) and float in types_[key][0]:
-                with contextlib.suppress(ValueError):
-                    overrides[key] = float(value)
-        problems = _unused_for_mode(overrides)
-        try:
-            config = cls(**overrides)
-        except SelectbenchError as err:
-            if not problems:
-                raise
-            problems.append(str(err).removeprefix("bad fine-tuning config:\n  "))
-        if problems:
-            raise SelectbenchError("bad fine-tuning config:\n  " + "\n  ".join(problems))
+        problems: list[str] = []
+        config = build(cls, dict(overrides or {}), problems)
+        if problems or config is None:
+            raise ConfigError("fine-tuning config", problems)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,9 +160,9 @@ class FinetuneConfig:
         if isinstance(values.get("lora_target_modules"), list):
             values["lora_target_modules"] = sorted(values["lora_target_modules"])
         # 3 and 3.0 epochs are one recipe: float fields hash as floats.
-        types_ = _field_types()
+        floats = _float_fields()
         for key, value in values.items():
-            if float in types_[key][0] and isinstance(value, int) and not isinstance(value, bool):
+            if key in floats and isinstance(value, int) and not isinstance(value, bool):
                 values[key] = float(value)
         return values
 
@@ -210,72 +179,14 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(FinetuneConfig)]
 
 
-def describe_fields() -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field: the table in the README and ``--help-config``."""
-    return [
-        (f.name, json.dumps(f.default), f.metadata["help"])
-        for f in dataclasses.fields(FinetuneConfig)  # every field has a plain default
-    ]
-
-
-def _unused_for_mode(overrides: Mapping[str, Any]) -> list[str]:
-    """Keys set explicitly that the chosen mode would silently ignore: errors, so nobody believes they took effect."""
-    problems = []
-    matching = overrides.get("matching", "epochs")
-    method = overrides.get("method", "lora")
-    if matching in MATCHING:
-        for key, mode in (("epochs", "epochs"), ("match_steps", "steps"), ("match_tokens", "tokens")):
-            if key in overrides and overrides[key] is not None and matching != mode:
-                problems.append(f"{key} is only used with matching={mode} (matching is {matching!r})")
-    if method == "full":
-        for key in sorted(LORA_FIELDS & set(overrides)):
-            problems.append(f"{key} is only used with method=lora (method is 'full')")
-    return problems
-
-
-def _allowed(annotation: Any) -> tuple[list[type], tuple[Any, ...] | None]:
-    """The plain types an annotation accepts, and its Literal choices (if any)."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return [str], typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        kinds: list[type] = []
-        for arg in typing.get_args(annotation):
-            kinds.extend(_allowed(arg)[0])
-        return kinds, None
-    if origin is list:
-        return [list], None
-    return [annotation], None
-
-
-def _field_types() -> dict[str, tuple[list[type], tuple[Any, ...] | None]]:
+def _float_fields() -> set[str]:
+    """The fields that take a float (perhaps besides None)."""
     hints = typing.get_type_hints(FinetuneConfig)
-    return {f.name: _allowed(hints[f.name]) for f in dataclasses.fields(FinetuneConfig)}
-
-
-def _check_types(config: FinetuneConfig) -> dict[str, str]:
-    """One problem per field whose value has the wrong type or is not one of its choices."""
-    problems = {}
-    for name, (kinds, choices) in _field_types().items():
-        value = getattr(config, name)
-        if value is None:
-            ok = type(None) in kinds
-        elif isinstance(value, bool):
-            ok = bool in kinds
-        elif isinstance(value, int):
-            ok = int in kinds or float in kinds
-        else:
-            ok = any(kind is not type(None) and isinstance(value, kind) for kind in kinds)
-        if ok and isinstance(value, list):
-            ok = bool(value) and all(isinstance(item, str) for item in value)
-        expected = " or ".join(
-            "null" if k is type(None) else "a list of names" if k is list else k.__name__ for k in kinds
-        )
-        if not ok:
-            problems[name] = f"{name}: expected {expected}, got {value!r}"
-        elif choices is not None and value not in choices:
-            problems[name] = f"{name}: expected one of {', '.join(choices)}, got {value!r}"
-    return problems
+    return {
+        f.name
+        for f in dataclasses.fields(FinetuneConfig)
+        if float in (typing.get_args(hints[f.name]) or (hints[f.name],))
+    }
 
 
 def _check_values(config: FinetuneConfig, skip: set[str]) -> list[str]:
@@ -297,6 +208,7 @@ def _check_values(config: FinetuneConfig, skip: set[str]) -> list[str]:
     need("max_grad_norm", lambda v: v > 0.0, "> 0")
     need("epochs", lambda v: math.isfinite(v) and v > 0, "a positive number")
     need("learning_rate", lambda v: math.isfinite(v) and v > 0, "positive (or null)")
+    need("lora_target_modules", lambda v: v != [], "'all-linear', a module name or a non-empty list of names")
     if not skip & {"batch_size", "micro_batch_size"} and not problems:
         need(
             "micro_batch_size", lambda v: config.batch_size % v == 0, f"a divisor of batch_size ({config.batch_size})"

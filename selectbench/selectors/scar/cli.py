@@ -56,20 +56,22 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _config_help() -> str:
-    from selectbench.selectors.scar.train import ScarTrainConfig
+    from selectbench.config import describe_fields
+    from selectbench.selectors.scar.config import ScarTrainConfig
 
-    rows = ScarTrainConfig.help()
+    rows = [(f"{name}={default}", text) for name, default, text in describe_fields(ScarTrainConfig)]
     width = max(len(key) for key, _ in rows)
     return "training config (--set KEY=VALUE):\n" + "\n".join(f"  {key:<{width}}  {text}" for key, text in rows)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``selectbench scar train``."""
-    from selectbench.cli import parse_params
+    from selectbench.config import parse_assignments
+    from selectbench.selectors.scar.config import ScarTrainConfig
     from selectbench.selectors.scar.selector import BUNDLED_DATA
-    from selectbench.selectors.scar.train import ScarTrainConfig, train_ranker
+    from selectbench.selectors.scar.train import train_ranker
 
-    values = parse_params(args.set)
+    values = parse_assignments(args.set, "--set")
     if args.encoder:
         if "encoder" in values and values["encoder"] != args.encoder:
             raise SelectbenchError(f"--encoder {args.encoder} and --set encoder={values['encoder']} disagree")
@@ -86,10 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_build_data(args: argparse.Namespace) -> int:
     """``selectbench scar build-data``."""
-    from selectbench.cli import parse_params
+    from selectbench.config import parse_assignments
     from selectbench.selectors.scar.data import build_data
 
-    options = parse_params(args.option)
+    options = parse_assignments(args.option, "--option")
     for flag, key in ((args.base_url, "base_url"), (args.api_key_env, "api_key_env")):
         if flag is not None:
             if args.engine != "openai":

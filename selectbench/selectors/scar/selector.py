@@ -26,7 +26,7 @@ from selectbench.selectors.registry import register
 
 if TYPE_CHECKING:
     from selectbench.data import Pool
-    from selectbench.selectors.scar.train import ScarTrainConfig
+    from selectbench.selectors.scar.config import ScarTrainConfig
 
 DEFAULT_ENCODER = "minilm-l6"
 BUNDLED_DATA = Path(__file__).resolve().parent.parent.parent / "data" / "demo" / "scar_train.jsonl"
@@ -43,7 +43,7 @@ SCORE_VERSION = 1
 
 def default_ranker_config(encoder: str = DEFAULT_ENCODER) -> ScarTrainConfig:
     """The training config of the bundled-data ranker: the reference defaults, ``DEFAULT_RANKER_EPOCHS`` epochs."""
-    from selectbench.selectors.scar.train import ScarTrainConfig
+    from selectbench.selectors.scar.config import ScarTrainConfig
 
     return ScarTrainConfig(encoder=encoder, epochs=DEFAULT_RANKER_EPOCHS)
 

@@ -6,113 +6,24 @@ gradient clipping, an 80/10/10 split (seed 42), and the epoch with the best vali
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from selectbench.errors import InputError, SelectbenchError
+from selectbench.selectors.scar.config import ASPECTS, SCORE_TYPES, ScarTrainConfig
 
 KINDS = ("human", "referenced", "direct")
-ASPECTS = ("helpfulness", "correctness")
 # The three orderings the ranking loss enforces, as (preferred, other): direct > referenced > human.
 PAIRS = (("direct", "referenced"), ("referenced", "human"), ("direct", "human"))
-SCORE_TYPES = {"help_correct": ASPECTS, "help": ("helpfulness",), "correct": ("correctness",)}
-CONSTRAINT_MODES = ("abs", "abs_pos", "diff", "abs_diff", "none")
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(kw_only=True)
-class ScarTrainConfig:
-    """Ranker training hyperparameters. Defaults are the reference's (``train.py``), per ALGORITHMS.md."""
-
-    encoder: str = _f("minilm-l6", "encoder model spec (alias, folder or HF id); its width is hidden_dim")
-    linear_dim: int = _f(512, "L: hidden width of the relation network and of the output MLP")
-    max_length: int = _f(512, "tokens per text (instruction and answer are truncated separately)")
-    epochs: int = _f(10, "training epochs (the reference's train.py default; its released gte-base used 20)")
-    batch_size: int = _f(4, "training quadruples per step")
-    eval_batch_size: int = _f(16, "pairs per forward pass when scoring validation and test rows")
-    lr: float = _f(2e-5, "AdamW learning rate, on all parameters (encoder included)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (torch's default)")
-    warmup_ratio: float = _f(0.1, "linear warmup over this fraction of all steps, then linear decay to 0")
-    max_grad_norm: float = _f(1.0, "gradient clipping (global norm)")
-    margin: float = _f(0.5, "margin of the ranking loss (MarginRankingLoss)")
-    triplet_margin: float = _f(1.0, "margin of the triplet representation losses (Euclidean)")
-    disentangle_weight: float = _f(0.1, "lambda in loss + lambda * (L_c + L_p) / 2; 0 turns the term off")
-    score_type: str = _f("help_correct", "quality used by the pair filter: help_correct (mean), help, correct")
-    constraint_mode: str = _f("abs", "pair filter: abs (both in (min, max)), abs_pos, diff, abs_diff, none")
-    constraint_min: float = _f(5.0, "pair filter lower bound (strict)")
-    constraint_max: float = _f(10.0, "pair filter upper bound (strict; 10 is no bound on the 0-9 scale)")
-    holdout_fraction: float = _f(0.2, "share held out of training, split half test, half validation")
-    split_seed: int = _f(42, "seed of the train/validation/test split")
-    seed: int = _f(42, "seed of head initialisation, shuffling and dropout")
-    device: str = _f("auto", "auto (CUDA if available), cpu, cuda, ...")
-    trust_remote_code: bool = _f(False, "allow the encoder's own modelling code from the hub (gte needs it)")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ScarTrainConfig:
-        """Build a config from a dict; every unknown key and bad value is reported in one error."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        problems = []
-        for key in sorted(set(values) - set(fields)):
-            problems.append(f"unknown key {key!r}")
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in fields:
-                continue
-            expected = type(fields[key].default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if expected is float and isinstance(value, str):
-                with contextlib.suppress(ValueError):  # YAML reads "2e-5" (no dot) as a string
-                    value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                problems.append(f"{key} must be {expected.__name__}, got {value!r}")
-                continue
-            kwargs[key] = value
-        if not problems:
-            try:
-                return cls(**kwargs)
-            except ValueError as err:
-                problems.append(str(err))
-        raise SelectbenchError("scar train config: " + "; ".join(problems) + f". Valid keys: {', '.join(fields)}")
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.score_type not in SCORE_TYPES:
-            problems.append(f"score_type must be one of {', '.join(SCORE_TYPES)}, got {self.score_type!r}")
-        if self.constraint_mode not in CONSTRAINT_MODES:
-            problems.append(f"constraint_mode must be one of {', '.join(CONSTRAINT_MODES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "linear_dim", "max_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            problems.append(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def help(cls) -> list[tuple[str, str]]:
-        """``(key=default, help)`` rows, for ``--help`` texts."""
-        return [(f"{f.name}={f.default}", f.metadata["help"]) for f in dataclasses.fields(cls)]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -503,7 +414,6 @@ def _score_rows(
 
 __all__ = [
     "Quadruple",
-    "ScarTrainConfig",
     "load_quadruples",
     "pair_passes",
     "pairwise_accuracy",
