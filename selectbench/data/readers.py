@@ -51,7 +51,7 @@ def _utf8_error_line(path: Path, err: UnicodeDecodeError, offset: int = 0) -> in
 
 def _read_text(path: Path) -> str:
     try:
-        return path._read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise InputError(
             str(path),
