@@ -8,7 +8,7 @@ import resource
 import sys
 from pathlib import Path
 
-from selectbench.evaluate import sandbox, sandbox_child
+from selectbench.evaluate import sandbox_child, sandbox_process
 from selectbench.evaluate.sandbox_child import (
     clamp,
     count_tasks,
@@ -24,8 +24,8 @@ CFG = {"mode": "process", "memory_mb": 512, "cpu_s": 4, "file_mb": 16, "open_fil
 
 
 def test_child_is_the_file_the_sandbox_runs_and_imports_only_the_standard_library() -> None:
-    assert Path(sandbox_child.__file__).resolve() == sandbox.CHILD.resolve()
-    tree = ast.parse(sandbox.CHILD.read_text(encoding="utf-8"))
+    assert Path(sandbox_child.__file__).resolve() == sandbox_process.CHILD.resolve()
+    tree = ast.parse(sandbox_process.CHILD.read_text(encoding="utf-8"))
     imported = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
