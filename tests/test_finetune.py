@@ -18,7 +18,9 @@ from selectbench.data import load_pool, pool_from_records
 from selectbench.errors import SelectbenchError
 from selectbench.finetune import FinetuneConfig, finetune, measure_subset
 from selectbench.finetune.config import field_names
-from selectbench.finetune.recipe import prepare_training, token_lengths, training_order
+from selectbench.finetune.order import training_order
+from selectbench.finetune.recipe import prepare_training
+from selectbench.finetune.subset import token_lengths
 
 # Two cores shared with other test processes: one thread per process avoids OpenMP spinning against the others
 # (20 tiny steps: 1.6 s with one thread, 40 s with two on a loaded machine). The code under test is unchanged.
@@ -51,7 +53,7 @@ def rows(n: int, *, offset: int = 0, words: int = 1) -> list[dict]:
 
 def tokenizer_and_rows(model: Path, pool) -> tuple:
     """The chat tokenizer and TRL rows for a pool, as the recipe builds them."""
-    from selectbench.finetune.recipe import conversation_rows, load_chat_tokenizer
+    from selectbench.finetune.subset import conversation_rows, load_chat_tokenizer
 
     return load_chat_tokenizer(str(model))[0], conversation_rows(pool)
 
@@ -176,7 +178,7 @@ def test_loss_is_computed_on_the_response_tokens_only(tiny_llama_dir: Path, tmp_
         )
         assert labels[: len(masked)] == [-100] * len(masked)  # the mask is the prefix, not scattered tokens
     # measure_subset counts exactly what TRL tokenised.
-    from selectbench.finetune.recipe import conversation_rows, load_chat_tokenizer
+    from selectbench.finetune.subset import conversation_rows, load_chat_tokenizer
 
     assert token_lengths(load_chat_tokenizer(str(tiny_llama_dir))[0], conversation_rows(pool)) == run.lengths
     assert measure_subset(pool, str(tiny_llama_dir), FinetuneConfig())["tokens"] == sum(run.lengths)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from selectbench.errors import SelectbenchError
-from selectbench.evaluate import sandbox
-from selectbench.evaluate.sandbox import MARKER, run_many, run_program
+from selectbench.evaluate import sandbox, sandbox_process
+from selectbench.evaluate.sandbox import run_many, run_program
+from selectbench.evaluate.sandbox_process import MARKER
 
 FAST = {"timeout_s": 2.5, "memory_mb": 512}
 LIMITS = {"memory_mb": 512, "cpu_s": 4, "file_mb": 16, "open_files": 256, "extra_tasks": 64}
@@ -26,7 +27,7 @@ needs_namespaces = pytest.mark.skipif(
 
 
 def leftover_sandbox_processes() -> list[int]:
-    """Processes whose command line carries the sandbox marker (the bootstrap's argv)."""
+    """Processes whose command line carries the sandbox marker (the child's argv)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -138,7 +139,7 @@ def test_verdicts_limits_and_output_tails() -> None:
     assert big.status == "failed" and "File too large" in big.detail
 
     chatty = run_program("print('x' * 100_000)\nprint('the end')\n", **FAST)
-    assert chatty.status == "passed" and len(chatty.stdout) == sandbox.TAIL_CHARS
+    assert chatty.status == "passed" and len(chatty.stdout) == sandbox_process.TAIL_CHARS
     assert chatty.stdout.endswith("the end\n")
 
 
@@ -219,13 +220,13 @@ def test_kernel_layer_alone_blocks_writes_network_and_signals(canary: Path) -> N
         ),
     }
     for name, (program, expected) in cases.items():
-        result = sandbox._run(program, timeout_s=5, limits=LIMITS, mode="namespace", guard=False)
+        result = sandbox_process.run_child(program, timeout_s=5, limits=LIMITS, mode="namespace", guard=False)
         assert result.status == "failed", (name, result)
         assert expected in result.detail or expected in result.stderr, (name, result)
     assert target.read_text() == "intact\n"
     assert not Path("/dev/shm/selectbench-sandbox-test").exists()
 
-    ps = sandbox._run(
+    ps = sandbox_process.run_child(
         "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n",
         timeout_s=5,
         limits=LIMITS,
@@ -240,11 +241,11 @@ def test_kernel_layer_alone_contains_a_fork_bomb() -> None:
     if os.geteuid() == 0 and not sandbox._probed["notes"].get("pid_max"):
         pytest.skip("as root only a per-namespace pid_max (kernel >= 6.14) bounds a fork bomb without the guard")
     bomb = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.05)\n"
-    result = sandbox._run(bomb, timeout_s=2, limits=LIMITS, mode="namespace", guard=False)
+    result = sandbox_process.run_child(bomb, timeout_s=2, limits=LIMITS, mode="namespace", guard=False)
     assert result.status == "timeout"
     assert leftover_sandbox_processes() == []
     # Count how many processes the program can start (each child just sleeps) before the kernel says no.
-    counted = sandbox._run(
+    counted = sandbox_process.run_child(
         "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(60)\n"
         "        n += 1\nexcept OSError:\n    print(n)\n",
         timeout_s=10,

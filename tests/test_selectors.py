@@ -24,7 +24,7 @@ from selectbench.selectors import (
     top_k,
 )
 from selectbench.selectors.registry import REGISTRY
-from selectbench.testing import check_selector, tiny_pool
+from selectbench.testing import CHECKS, check_selector, checks_for, tiny_pool
 
 
 @pytest.mark.parametrize(
@@ -103,6 +103,56 @@ def test_conformance_suite_catches_a_selector_that_clamps_budgets() -> None:
 
     with pytest.raises(AssertionError):
         check_selector(Clamping())
+
+
+def test_conformance_checks_are_named_and_score_checks_apply_to_score_selectors_only() -> None:
+    names = [check.name for check in CHECKS]
+    assert len(set(names)) == len(names) and "select equals select_from_scores on the same scores" in names
+    assert len(checks_for(make_selector("longest"))) == len(CHECKS)
+    assert not any(check.score_selectors_only for check in checks_for(make_selector("random")))
+    for check in checks_for(make_selector("longest")):
+        check(make_selector("longest"))  # each runs on its own, over the tiny pool by default
+
+
+def test_conformance_suite_names_a_select_that_is_not_select_from_scores() -> None:
+    @dataclass(kw_only=True)
+    class ExtraInfo(ScoreSelector):
+        name = "extra-info"
+
+        def score(self, pool):  # type: ignore[no-untyped-def]
+            return np.asarray([len(text) for text in pool.texts("response")], dtype=np.float64)
+
+        def select(self, pool, budget, *, seed=0):  # type: ignore[no-untyped-def]
+            # The IFD bug this check was made for: a field that select adds and select_from_scores does not.
+            selection = super().select(pool, budget, seed=seed)
+            return dataclasses.replace(selection, info={**selection.info, "note": 1})
+
+    with pytest.raises(AssertionError, match=r"^\[select equals select_from_scores on the same scores\].*info"):
+        check_selector(ExtraInfo())
+
+
+def test_a_selectors_info_hook_reads_the_score_fields_select_from_scores_is_given() -> None:
+    @dataclass(kw_only=True)
+    class Tagged(ScoreSelector):
+        name = "tagged"
+        info_fields = ("tag",)
+
+        def score(self, pool):  # type: ignore[no-untyped-def]
+            return np.arange(len(pool), dtype=np.float64)
+
+        def score_fields(self, pool):  # type: ignore[no-untyped-def]
+            return {"score": self.score(pool), "tag": np.asarray(["a", "b"] * (len(pool) // 2), dtype=object)}
+
+        def selection_info(self, pool, fields):  # type: ignore[no-untyped-def]
+            return {"tags": sorted(set(fields["tag"]))} if "tag" in fields else {}
+
+    pool, selector = tiny_pool(10), Tagged()
+    assert selector.select(pool, 3).info == {"tags": ["a", "b"]}
+    assert selector.select_from_scores(pool, selector.score_fields(pool), 3).info == {"tags": ["a", "b"]}
+    assert selector.select_from_scores(pool, selector.score(pool), 3).info == {}  # the scores alone
+    with pytest.raises(ValueError, match="no 'score' column"):
+        selector.select_from_scores(pool, {"tag": []}, 3)
+    check_selector(selector)
 
 
 def test_random_is_reproducible_per_seed_and_differs_across_seeds() -> None:

@@ -7,7 +7,6 @@ never held as Python objects; later loads of the same unchanged file reuse the c
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -23,11 +22,11 @@ import pyarrow as pa
 
 from selectbench.data import formats
 from selectbench.data.formats import Format, RowError
+from selectbench.data.readers import BATCH_ROWS, READERS, NoProgress, read_hf
 from selectbench.errors import InputError, SelectbenchError
 from selectbench.io import cache_dir, dumps, write_json
 
 LOADER_VERSION = 2  # bump when conversion changes, so cached conversions are redone
-BATCH_ROWS = 8192
 DEMO_DIR = Path(__file__).parent / "demo"
 ALIASES = {"demo": DEMO_DIR / "pool.jsonl"}
 SUFFIXES = {
@@ -141,135 +140,6 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-# ---------------------------------------------------------------------------------------------------- readers
-# Each reader yields (where, row) pairs; ``where`` is how an error message names the row. A row that cannot be
-# parsed at all is yielded as a RowError so that skip mode can count it and go on.
-
-
-def _read_jsonl(path: Path, progress: Any) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            progress.update(len(raw))
-            where = f"line {number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield (
-                    where,
-                    RowError(None, f"bytes are not valid UTF-8 (byte {err.start} of the line)", "non-UTF-8 bytes"),
-                )
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as err:
-                yield where, RowError(None, f"malformed JSON ({err.msg} at column {err.colno})", "malformed JSON")
-
-
-def _utf8_error_line(path: Path, err: UnicodeDecodeError, offset: int = 0) -> int:
-    """The 1-based line of the first bad byte, counting from the start of the file."""
-    with open(path, "rb") as handle:
-        head = handle.read(offset + err.start)
-    return head.count(b"\n") + 1
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(
-            str(path),
-            f"line {_utf8_error_line(path, err)}",
-            None,
-            "bytes are not valid UTF-8",
-            "save the file as UTF-8",
-        ) from None
-
-
-def _read_json(path: Path, progress: Any) -> Iterator[tuple[str, Any]]:
-    text = _read_text(path)
-    progress.update(path.stat().st_size)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # a .json file that is really JSON Lines: common in the wild
-            yield from _read_jsonl(path, _NoProgress())
-            return
-        raise InputError(
-            str(path),
-            f"line {err.lineno}",
-            None,
-            f"malformed JSON ({err.msg} at column {err.colno})",
-            "a .json pool is a JSON list of objects (or JSON Lines)",
-        ) from None
-    if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1 and len(data) <= 2:  # {"data": [...]} or {"version": ..., "data": [...]}
-            data = data[lists[0]]
-    if not isinstance(data, list):
-        raise InputError(str(path), None, None, f"expected a JSON list of objects, found {type(data).__name__}")
-    for number, row in enumerate(data, start=1):
-        yield f"row {number}", row
-
-
-def _read_csv(path: Path, progress: Any) -> Iterator[tuple[str, Any]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            for number, row in enumerate(reader, start=1):
-                yield f"row {number} (line {reader.line_num})", row
-    except UnicodeDecodeError:
-        # csv reads through a text decoder, so the error's offset is within a buffer: rescan the bytes
-        raw = path.read_bytes()
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as full:
-            err = full
-        line = raw[: err.start].count(b"\n") + 1
-        raise InputError(
-            str(path), f"line {line}", None, "bytes are not valid UTF-8", "save the file as UTF-8"
-        ) from None
-    progress.update(path.stat().st_size)
-
-
-def _read_parquet(path: Path, progress: Any) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(str(path), None, None, f"not a readable Parquet file ({err})") from None
-    number = 0
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-        for row in batch.to_pylist():
-            number += 1
-            yield f"row {number}", row
-        progress.update(batch.nbytes)
-
-
-def _read_hf(name: str, split: str, progress: Any) -> Iterator[tuple[str, Any]]:
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as err:  # the hub client raises many types; all mean "could not get it"
-        raise SelectbenchError(
-            f"{name}: could not load it as a Hugging Face dataset (split {split!r}): {type(err).__name__}: {err}\n"
-            "  a pool is a .jsonl/.json/.parquet/.csv file, a Hugging Face dataset id (needs the hub), or 'demo'"
-        ) from None
-    for number, row in enumerate(dataset, start=1):
-        yield f"row {number}", row
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 # ---------------------------------------------------------------------------------------------------- loading
 
 
@@ -346,14 +216,9 @@ def load_pool(
     if arrow_path.exists() and info_path.exists():
         return Pool(arrow_path, json.loads(info_path.read_text()))
 
-    bar = _progress_bar(name, path) if progress else _NoProgress()
+    bar = _progress_bar(name, path) if progress else NoProgress()
     try:
-        if kind == "hf":
-            rows = _read_hf(name.partition(":")[0], split or "train", bar)
-        else:
-            rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](
-                path, bar
-            )
+        rows = read_hf(name.partition(":")[0], split or "train", bar) if kind == "hf" else READERS[kind](path, bar)
         info = _convert(rows, name, mapping, on_invalid, arrow_path)
     finally:
         bar.close()
@@ -396,7 +261,7 @@ def _check_file(name: str, path: Path) -> tuple[str, list[Any]]:
 
 def _progress_bar(name: str, path: Path | None) -> Any:
     if path is None or path.stat().st_size < 32 * 2**20:
-        return _NoProgress()
+        return NoProgress()
     from tqdm import tqdm
 
     return tqdm(

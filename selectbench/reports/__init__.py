@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # Public names and the modules they live in; imported on first use, because the CLI imports this package to build
 # its parser and pandas/matplotlib should load only when a report is made.
 _EXPORTS = {
-    "COLUMNS": "selectbench.reports.results",
+    "COLUMNS": "selectbench.reports.columns",
     "RESULTS_FILE": "selectbench.reports.results",
     "Results": "selectbench.reports.results",
     "items_path": "selectbench.reports.results",

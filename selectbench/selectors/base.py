@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -131,11 +132,18 @@ def top_k(scores: np.ndarray, k: int, *, candidates: np.ndarray | None = None) -
 class ScoreSelector(abc.ABC):
     """Base for selectors that score every record (higher is better) and keep the stable top-k.
 
-    Subclasses implement :meth:`score`; ``select`` is derived. A subclass with a filter (records that must never
-    be selected) overrides :meth:`candidates`.
+    Subclasses implement :meth:`score`; ``select`` is derived and never overridden: it is
+    :meth:`select_from_scores` on the scores, so a selection made from scores computed elsewhere (in shards on a
+    Ray cluster) is the one ``select`` makes. A subclass with a filter (records that must never be selected)
+    overrides :meth:`candidates`; one that records more about a selection than the scores say (why records could
+    not be scored) names the :meth:`score_fields` columns it reads in ``info_fields`` and overrides
+    :meth:`selection_info`.
     """
 
     name: ClassVar[str] = ""
+    #: :meth:`score_fields` columns, beyond ``score``, that :meth:`selection_info` reads; when there are any,
+    #: ``select`` scores with :meth:`score_fields` instead of :meth:`score`.
+    info_fields: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def score(self, pool: Pool) -> np.ndarray:
@@ -152,33 +160,55 @@ class ScoreSelector(abc.ABC):
         """
         return np.arange(len(pool)), resolve_budget(budget, len(pool)), {}
 
+    def selection_info(self, pool: Pool, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Selector-specific entries for ``Selection.info``, from the score fields; added after those of
+        :meth:`candidates`. The default adds none.
+
+        Args:
+            pool: the whole pool.
+            fields: ``score`` and, when ``select_from_scores`` was given them, the ``info_fields`` columns.
+        """
+        return {}
+
     def select(self, pool: Pool, budget: Budget, *, seed: int = 0) -> Selection:
         """Score the pool, then keep the ``budget`` best records (stable: ties go to the lower pool index)."""
         resolve_budget(budget, len(pool))  # fail on a bad budget before paying for scoring
         start = time.perf_counter()
-        scores = self.score(pool)
+        scores = self.score_fields(pool) if self.info_fields else self.score(pool)
         return self.select_from_scores(pool, scores, budget, seed=seed, timings={"score": time.perf_counter() - start})
 
     def select_from_scores(
-        self, pool: Pool, scores: np.ndarray, budget: Budget, *, seed: int = 0, timings: dict[str, float] | None = None
+        self,
+        pool: Pool,
+        scores: np.ndarray | Mapping[str, Any],
+        budget: Budget,
+        *,
+        seed: int = 0,
+        timings: dict[str, float] | None = None,
     ) -> Selection:
         """What :meth:`select` does once the scores exist: filter (:meth:`candidates`), then the stable top-k.
 
         For scores computed elsewhere, e.g. in shards on a Ray cluster: the selection is the one ``select`` makes
-        from the same scores. A subclass that overrides ``select`` must keep that true.
+        from the same scores. Pass the :meth:`score_fields` columns (at least ``score`` and the ``info_fields``)
+        to get the whole ``info`` too; from the scores alone, what :meth:`selection_info` reads from the other
+        columns is missing.
 
         Args:
             pool: the whole pool the scores belong to.
-            scores: one score per record, in pool order.
+            scores: one score per record, in pool order; or the mapping :meth:`score_fields` returns.
             budget: a count or a fraction, as for ``select``.
             seed: recorded in the Selection (scores decide the pick).
             timings: phases already timed (e.g. ``{"score": 12.3}``); ``select`` is added.
         """
         scored = time.perf_counter()
-        scores = np.asarray(scores, dtype=np.float64)
+        fields = dict(scores) if isinstance(scores, Mapping) else {"score": scores}
+        if "score" not in fields:
+            raise ValueError(f"{self.name}: the score fields have no 'score' column (got {sorted(fields)})")
+        scores = np.asarray(fields["score"], dtype=np.float64)
         if scores.shape != (len(pool),):
             raise ValueError(f"{self.name}: score() returned shape {scores.shape}, expected ({len(pool)},)")
         candidates, k, info = self.candidates(pool, scores, budget)
+        info.update(self.selection_info(pool, {**fields, "score": scores}))
         picked = top_k(scores, k, candidates=candidates)
         return make_selection(
             self,

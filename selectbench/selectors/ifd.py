@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import sys
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ import numpy as np
 
 from selectbench.errors import SelectbenchError
 from selectbench.io import cache_dir, dumps
-from selectbench.selectors.base import Budget, ScoreSelector, Selection, make_selection, resolve_budget, top_k
+from selectbench.selectors.base import Budget, ScoreSelector, resolve_budget
 from selectbench.selectors.registry import register
 
 if TYPE_CHECKING:
@@ -304,31 +304,18 @@ class IFDSelector(ScoreSelector):
             raise SelectbenchError(f"{self.name}: no record passes the filter ({info}); try filter=none")
         return kept, min(k, len(kept)), info
 
-    def select(self, pool: Pool, budget: Budget, *, seed: int = 0) -> Selection:
-        """Score (or reuse cached scores), filter, and keep the highest-IFD records."""
-        resolve_budget(budget, len(pool))
-        start = time.perf_counter()
-        fields = self.score_fields(pool)
-        scored = time.perf_counter()
-        scores = fields["score"]
-        candidates, k, info = self.candidates(pool, scores, budget)
+    # ``skip`` says why a record could not be scored; a selection counts the reasons (``unscorable_reasons``).
+    info_fields = ("skip",)
+
+    def selection_info(self, pool: Pool, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """``unscorable_reasons``: how many records could not be scored, per reason (when ``skip`` is given)."""
+        if "skip" not in fields:
+            return {}
         skips: dict[str, int] = {}
         for reason in fields["skip"]:
             if reason:
                 skips[reason] = skips.get(reason, 0) + 1
-        info["unscorable_reasons"] = skips
-        picked = top_k(scores, k, candidates=candidates)
-        return make_selection(
-            self,
-            pool,
-            budget,
-            seed,
-            picked,
-            scores[picked],
-            k=k,
-            info=info,
-            timings={"score": scored - start, "select": time.perf_counter() - scored},
-        )
+        return {"unscorable_reasons": skips}
 
 
 @register("superfiltering")
