@@ -159,7 +159,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _list_selectors() -> list[tuple[str, str]]:
-    from selectbench.selectors.registry import ORIGIN, available, describe
+    from selectbench.selectors.lookup import available
+    from selectbench.selectors.registry import ORIGIN, describe
 
     rows = []
     for name, cls in available().items():

@@ -43,6 +43,14 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise
 
 
+def nonblank_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each line of a UTF-8 text file that is not blank (JSONL readers)."""
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.strip():
+                yield line_no, line
+
+
 def dumps(obj: Any) -> str:
     """Compact, key-order-preserving JSON with non-ASCII kept as is (one JSONL line)."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

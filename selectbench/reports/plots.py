@@ -325,44 +325,30 @@ def make_plots(results: Results, summary: pd.DataFrame, comparisons: pd.DataFram
                 figure=plot_overlap(overlap_matrix(selections), label),
             )
         )
-    lengths = plot_length_distributions(results)
-    if lengths is not None:
-        plots.append(
-            Plot(
-                name="length_distributions.png",
-                title="Response lengths of the selected records",
-                caption=(
-                    "Response length in words (the `longest` selector's measure) of the selected records, per "
-                    "selector and budget; seeds pooled. Boxes span the quartiles, whiskers 1.5 IQR."
-                ),
-                figure=lengths,
-            )
-        )
-    scores = plot_score_distributions(results)
-    if scores is not None:
-        plots.append(
-            Plot(
-                name="score_distributions.png",
-                title="Selector scores of the selected records",
-                caption="Histogram of each scoring selector's own score over the records it selected, per budget; "
-                "each panel has its own scale.",
-                figure=scores,
-            )
-        )
-    cost = plot_cost_vs_quality(summary, main)
-    if cost is not None:
-        plots.append(
-            Plot(
-                name="cost_vs_quality.png",
-                title="Cost vs quality",
-                caption=(
-                    "Each selector run's mean metric (with its interval) against its selection + fine-tuning wall "
-                    "time, averaged over seeds; colour = selector, marker = budget, star = full pool, dotted line "
-                    "= base model."
-                ),
-                figure=cost,
-            )
-        )
+    optional = (
+        (
+            plot_length_distributions(results),
+            "length_distributions.png",
+            "Response lengths of the selected records",
+            "Response length in words (the `longest` selector's measure) of the selected records, per selector and "
+            "budget; seeds pooled. Boxes span the quartiles, whiskers 1.5 IQR.",
+        ),
+        (
+            plot_score_distributions(results),
+            "score_distributions.png",
+            "Selector scores of the selected records",
+            "Histogram of each scoring selector's own score over the records it selected, per budget; each panel "
+            "has its own scale.",
+        ),
+        (
+            plot_cost_vs_quality(summary, main),
+            "cost_vs_quality.png",
+            "Cost vs quality",
+            "Each selector run's mean metric (with its interval) against its selection + fine-tuning wall time, "
+            "averaged over seeds; colour = selector, marker = budget, star = full pool, dotted line = base model.",
+        ),
+    )
+    plots += [Plot(name, title, caption, figure) for figure, name, title, caption in optional if figure is not None]
     return plots
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from selectbench.errors import SelectbenchError
-from selectbench.io import atomic_open
+from selectbench.io import atomic_open, nonblank_lines
 from selectbench.reports.columns import COLUMN_NAMES, COLUMNS, cell_text, filled, listing, validate_table
 
 RESULTS_FILE = "results.csv"
@@ -117,24 +117,21 @@ def read_items(path: Path) -> dict[str, ItemValues]:
         return {}
     by_metric: dict[str, dict[str, tuple[float, float]]] = {}
     problems: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                item, metric, value = str(row["item"]), str(row["metric"]), float(row["value"])
-                weight = float(row.get("weight", 1.0))
-            except (ValueError, KeyError, TypeError) as err:
-                problems.append(f"line {line_no}: expected {{'item', 'metric', 'value'[, 'weight']}} ({err})")
-                continue
-            if not math.isfinite(value) or not (math.isfinite(weight) and weight > 0):
-                problems.append(f"line {line_no}: value must be finite and weight > 0, got {value} and {weight}")
-                continue
-            seen = by_metric.setdefault(metric, {})
-            if item in seen:
-                problems.append(f"line {line_no}: item {item!r} appears twice for {metric}")
-            seen[item] = (value, weight)
+    for line_no, line in nonblank_lines(path):
+        try:
+            row = json.loads(line)
+            item, metric, value = str(row["item"]), str(row["metric"]), float(row["value"])
+            weight = float(row.get("weight", 1.0))
+        except (ValueError, KeyError, TypeError) as err:
+            problems.append(f"line {line_no}: expected {{'item', 'metric', 'value'[, 'weight']}} ({err})")
+            continue
+        if not math.isfinite(value) or not (math.isfinite(weight) and weight > 0):
+            problems.append(f"line {line_no}: value must be finite and weight > 0, got {value} and {weight}")
+            continue
+        seen = by_metric.setdefault(metric, {})
+        if item in seen:
+            problems.append(f"line {line_no}: item {item!r} appears twice for {metric}")
+        seen[item] = (value, weight)
     if problems:
         raise SelectbenchError(listing(f"{path}: bad per-item results", problems))
     out = {}

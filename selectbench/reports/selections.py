@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from selectbench.errors import SelectbenchError
+from selectbench.io import nonblank_lines
 from selectbench.reports.results import Results
 
 
@@ -41,20 +42,15 @@ def _read_selection(path: Path, mtime_ns: int, size: int) -> SelectedRecords:
     from selectbench.selectors.baselines import count_words
 
     ids, lengths, scores = [], [], []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                ids.append(str(record["id"]))
-                lengths.append(count_words(record["response"]))
-                score = (record.get("meta") or {}).get("score")
-                scores.append(float(score) if score is not None else np.nan)
-            except (ValueError, KeyError, TypeError) as err:
-                raise SelectbenchError(
-                    f"{path}, line {line_no}: expected a selected record with id and response"
-                ) from err
+    for line_no, line in nonblank_lines(path):
+        try:
+            record = json.loads(line)
+            ids.append(str(record["id"]))
+            lengths.append(count_words(record["response"]))
+            score = (record.get("meta") or {}).get("score")
+            scores.append(float(score) if score is not None else np.nan)
+        except (ValueError, KeyError, TypeError) as err:
+            raise SelectbenchError(f"{path}, line {line_no}: expected a selected record with id and response") from err
     return SelectedRecords(tuple(ids), np.asarray(lengths, dtype=np.float64), np.asarray(scores, dtype=np.float64))
 
 

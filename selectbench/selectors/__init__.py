@@ -1,6 +1,5 @@
 """Selector API, registry and the built-in selectors (importing this package registers them)."""
 
-from selectbench.selectors import baselines, ifd, scar  # noqa: F401  (registers random, longest, ifd, presets, scar)
 from selectbench.selectors.base import (
     Budget,
     BudgetError,
@@ -13,7 +12,8 @@ from selectbench.selectors.base import (
     selector_params,
     top_k,
 )
-from selectbench.selectors.registry import available, get_selector_class, make_selector, register
+from selectbench.selectors.lookup import available, get_selector_class, make_selector
+from selectbench.selectors.registry import register
 
 __all__ = [
     "Budget",

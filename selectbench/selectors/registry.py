@@ -1,12 +1,14 @@
-"""The selector registry: a dict filled by ``@register`` and by the ``selectbench.selectors`` entry-point group."""
+"""The selector registry: a dict filled by ``@register`` and by the ``selectbench.selectors`` entry-point group.
+
+Looking selectors up (which first registers the built-ins) is :mod:`selectbench.selectors.lookup`: the built-in
+selector modules import this one, so it imports none of them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib.metadata
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from selectbench.errors import SelectbenchError
 
@@ -55,42 +57,6 @@ def load_plugins() -> None:
             continue
         register(entry.name)(cls)
         ORIGIN[entry.name] = entry.dist.name if entry.dist else entry.value.split(":")[0]
-
-
-def available() -> dict[str, type]:
-    """All selectors, built-in and plug-in, by name."""
-    import selectbench.selectors  # noqa: F401  (registers the built-ins)
-
-    load_plugins()
-    return dict(sorted(REGISTRY.items()))
-
-
-def get_selector_class(name: str) -> type:
-    """The class registered as ``name``; an unknown name is an error with "did you mean" and the list."""
-    known = available()
-    if name in known:
-        return known[name]
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise SelectbenchError(f"unknown selector {name!r}.{hint} Available: {', '.join(known)}")
-
-
-def make_selector(name: str, **params: Any) -> Any:
-    """Build the selector ``name`` with ``params``; unknown parameters are an error listing the valid ones."""
-    cls = get_selector_class(name)
-    if dataclasses.is_dataclass(cls):
-        valid = [f.name for f in dataclasses.fields(cls) if f.init]
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            close = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
-            hints = "; ".join(f"{u!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for u, c in close.items())
-            raise SelectbenchError(
-                f"selector {name!r} has no parameter {hints}. Valid parameters: {', '.join(valid) or '(none)'}"
-            )
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        raise SelectbenchError(f"selector {name!r}: {err}") from None
 
 
 def describe(cls: type) -> str:

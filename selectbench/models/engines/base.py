@@ -127,18 +127,16 @@ class NextTokenScorer(Protocol):
         ...
 
 
+# What an embedder takes: texts, or token-id sequences already tokenised.
+Texts = Sequence[str] | Sequence[Sequence[int]]
+
+
 class Embedder(Protocol):
     """Per-sequence embeddings from the last layer's hidden states."""
 
     name: str
 
-    def embed(
-        self,
-        texts_or_ids: Sequence[str] | Sequence[Sequence[int]],
-        *,
-        adapter: str | None = None,
-        pooling: str = "last",
-    ) -> np.ndarray:
+    def embed(self, texts_or_ids: Texts, *, adapter: str | None = None, pooling: str = "last") -> np.ndarray:
         """One row per text (or token-id list): the last token's hidden state (``last``) or the mean over all
         tokens (``mean``)."""
         ...
@@ -169,3 +167,8 @@ def resolve_engine(engine: str, *, allowed: Sequence[str] = ENGINES) -> str:
     if engine != "auto":
         return engine
     return "vllm" if vllm_usable() else "hf"
+
+
+def identity(engine: Any) -> dict[str, Any]:
+    """The first entries of every engine's ``describe()``: its name, model and weights fingerprint."""
+    return {"engine": engine.name, "model": engine.model, "fingerprint": engine.fingerprint}

@@ -13,7 +13,7 @@ import numpy as np
 
 from selectbench.errors import SelectbenchError
 from selectbench.models.engines.adapters import checked_adapter
-from selectbench.models.engines.base import POOLINGS, Decoding, cuda_available, scored_positions
+from selectbench.models.engines.base import POOLINGS, Decoding, Texts, cuda_available, identity, scored_positions
 from selectbench.models.engines.batching import default_batch_tokens, length_batches
 from selectbench.models.engines.local import LocalEngine
 from selectbench.models.spec import ResolvedModel
@@ -256,13 +256,7 @@ class HFEngine(LocalEngine):
 
     # -------------------------------------------------------------------------------------------- embeddings
 
-    def embed(
-        self,
-        texts_or_ids: Sequence[str] | Sequence[Sequence[int]],
-        *,
-        adapter: str | None = None,
-        pooling: str = "last",
-    ) -> np.ndarray:
+    def embed(self, texts_or_ids: Texts, *, adapter: str | None = None, pooling: str = "last") -> np.ndarray:
         """One float32 row per item from the last layer's hidden states (after the final norm): the last token's
         state (``last``, the usual choice for a causal LM, which sees the whole sequence only there) or the mean
         over the sequence's tokens (``mean``). Texts are tokenised with the tokenizer's special tokens."""
@@ -305,15 +299,12 @@ class HFEngine(LocalEngine):
     def describe(self) -> dict[str, Any]:
         """Engine, model and options for ``meta.json``."""
         return {
-            "engine": self.name,
-            "model": self.model,
-            "fingerprint": self.fingerprint,
+            **identity(self),
             "dtype": self.resolved_dtype,
             "device": self.device or ("cuda" if cuda_available() else "cpu"),
             "batch_size": self.batch_size,
             "batch_tokens": self.batch_tokens,
-            "plain_chat_template": self.plain_template,
-            "stop_token_ids": sorted(self.stop_ids),
+            **self.template_info(),
         }
 
     def close(self) -> None:

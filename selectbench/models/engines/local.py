@@ -11,7 +11,7 @@ from typing import Any
 
 from selectbench.errors import SelectbenchError
 from selectbench.models.engines.adapters import checked_adapter
-from selectbench.models.engines.base import Conversation, Decoding
+from selectbench.models.engines.base import Conversation, Decoding, Texts
 from selectbench.models.spec import ResolvedModel, resolve_model
 
 
@@ -74,7 +74,7 @@ class LocalEngine:
         text = render_prompt(self.tokenizer, list(conversation))
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def text_ids(self, texts_or_ids: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    def text_ids(self, texts_or_ids: Texts) -> list[list[int]]:
         """Token ids per item: a text is tokenised with the tokenizer's special tokens; an id list is kept."""
         out = []
         for item in texts_or_ids:
@@ -92,6 +92,10 @@ class LocalEngine:
                 break
             out.append(int(token))
         return out
+
+    def template_info(self) -> dict[str, Any]:
+        """How prompts are built and cut, for ``describe()``: the chat template used and the stop tokens."""
+        return {"plain_chat_template": self.plain_template, "stop_token_ids": sorted(self.stop_ids)}
 
     def decode(self, ids: Sequence[int]) -> str:
         """Completion text; both engines decode ids with this same call, so equal ids give equal text."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from selectbench.errors import SelectbenchError
-from selectbench.models.engines.base import Conversation, Decoding
+from selectbench.models.engines.base import Conversation, Decoding, identity
 
 
 def api_key_from_env(name: str | None) -> str:
@@ -108,9 +108,7 @@ class OpenAIEngine:
     def describe(self) -> dict[str, Any]:
         """Engine, endpoint and model for ``meta.json`` (the variable's name, never the key)."""
         return {
-            "engine": self.name,
-            "model": self.model,
-            "fingerprint": self.fingerprint,
+            **identity(self),
             "base_url": self.base_url,
             "api_key_env": self.api_key_env,
             "concurrency": self.concurrency,

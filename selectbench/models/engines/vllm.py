@@ -12,7 +12,7 @@ import numpy as np
 
 from selectbench.errors import SelectbenchError
 from selectbench.models.engines.adapters import adapter_rank, checked_adapter, lora_request
-from selectbench.models.engines.base import Decoding, cuda_available, scored_positions
+from selectbench.models.engines.base import Decoding, cuda_available, identity, scored_positions
 from selectbench.models.engines.local import LocalEngine
 from selectbench.models.spec import ResolvedModel
 
@@ -205,26 +205,9 @@ class VLLMEngine(LocalEngine):
             counts[i] = len(positions)
         return sums, counts
 
-    def embed(
-        self,
-        texts_or_ids: Sequence[str] | Sequence[Sequence[int]],
-        *,
-        adapter: str | None = None,
-        pooling: str = "last",
-    ) -> np.ndarray:
-        """Not served: a generating ``vllm.LLM`` exposes no hidden states."""
-        raise SelectbenchError("engine 'vllm' does not compute embeddings; use engine hf")
-
     def describe(self) -> dict[str, Any]:
         """Engine, model and options for ``meta.json``."""
-        return {
-            "engine": self.name,
-            "model": self.model,
-            "fingerprint": self.fingerprint,
-            **self._settings(),
-            "plain_chat_template": self.plain_template,
-            "stop_token_ids": sorted(self.stop_ids),
-        }
+        return {**identity(self), **self._settings(), **self.template_info()}
 
     def close(self) -> None:
         """Shut the engine's worker processes down and drop it."""
