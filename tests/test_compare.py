@@ -18,7 +18,9 @@ METRIC = "heldout-nll/nll_per_token"
 EFFECT = {"random": 0.0, "good": -0.03, "same": 0.0, "bad": 0.05}
 
 
-def _grid(root: Path, *, with_items: bool = True, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
+def _grid(
+    root: Path, *, with_items: bool = True, seeds: tuple[int, ...] = (0, 1, 2), kept: dict[str, int] | None = None
+) -> Path:
     """A run folder: four selectors x seeds at one budget; per-item NLLs = item difficulty + effect + noise."""
     rng = np.random.default_rng(7)
     difficulty = rng.normal(3.0, 0.6, size=N_ITEMS)  # the spread that hides differences in unpaired intervals
@@ -51,6 +53,7 @@ def _grid(root: Path, *, with_items: bool = True, seeds: tuple[int, ...] = (0, 1
                     "eval_seconds": 1.0,
                     "selection_path": "",
                     "model": "tiny",
+                    "n_selected": (kept or {}).get(selector, K),
                 }
             )
             if with_items:
@@ -119,3 +122,67 @@ def test_minimum_detectable_difference_follows_the_normal_formula() -> None:
     d = np.array([0.1, -0.1] * 50)  # sd 0.1005, n 100
     expected = (1.959964 + 0.841621) * np.std(d, ddof=1) / 10
     assert minimum_detectable(d) == pytest.approx(expected, rel=1e-4)
+
+
+def _share_rows(values: list[float], *, bounded: bool = True) -> list[dict]:
+    rows = []
+    for seed, value in enumerate(values):
+        rows.append(
+            {
+                "run_id": f"random-b{K}-s{seed}",
+                "selector": "random",
+                "budget": str(K),
+                "budget_k": K,
+                "seed": seed,
+                "kind": "selector",
+                "metric": "intrinsic/share_good",
+                "value": value,
+                "n": 10,
+                "higher_is_better": True,
+                "recipe_hash": "r1",
+                "eval_config_hash": "e1",
+                "model": "tiny",
+                **({"value_min": 0.0, "value_max": 1.0} if bounded else {}),
+            }
+        )
+    return rows
+
+
+def test_share_intervals_stay_inside_zero_and_one(tmp_path: Path) -> None:
+    # Over seeds 0.9, 1.0, 1.0 a Student t interval reaches 1.12; a share's interval stops at 1.
+    write_results(_share_rows([0.9, 1.0, 1.0]), tmp_path / "seeds" / "results.csv")
+    row = summarize(load_results([tmp_path / "seeds"])).iloc[0]
+    assert row["ci_method"] == "seeds" and row["ci_high"] == 1.0 and 0.0 <= row["ci_low"] < 0.97
+    write_results(_share_rows([0.9, 1.0, 1.0], bounded=False), tmp_path / "open" / "results.csv")
+    assert summarize(load_results([tmp_path / "open"])).iloc[0]["ci_high"] > 1.0  # without a range: no cut
+    # One seed, no items: the Wilson interval of 10 of 10 (z = 1.96) is [0.7225, 1].
+    write_results(_share_rows([1.0]), tmp_path / "one" / "results.csv")
+    one = summarize(load_results([tmp_path / "one"])).iloc[0]
+    assert one["ci_method"] == "wilson"
+    assert (one["ci_low"], one["ci_high"]) == pytest.approx((0.7225, 1.0), abs=1e-4)
+
+
+def test_a_value_outside_its_range_is_refused(tmp_path: Path) -> None:
+    from selectbench.errors import SelectbenchError
+
+    with pytest.raises(SelectbenchError, match=r"outside the metric's range \[0.0, 1.0\]"):
+        write_results(_share_rows([1.2]), tmp_path / "results.csv")
+
+
+def test_a_selector_that_cannot_fill_the_budget_is_marked_and_not_ranked(tmp_path: Path) -> None:
+    from selectbench.reports.leaderboard import leaderboard_markdown, render_leaderboard_text
+
+    root = _grid(tmp_path, kept={"good": 9})
+    results = load_results([root])
+    summary = summarize(results)
+    table = compare(results)
+    good = table[table["selector"] == "good"].iloc[0]
+    assert good["k_selected"] == 9 and "kept 9 of 12 records" in good["note"]
+    markdown = leaderboard_markdown(results, summary, comparisons=table)
+    section = markdown.split(f"## {METRIC} (", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    body = rows[2:]
+    # good has the lowest NLL but trained on 9 records: listed last, unranked; the others ranked 1..3.
+    assert [r[1] for r in body] == ["1", "2", "3", "—"]
+    assert body[-1][2] == "good (9 of 12)"
+    assert "good (9 of 12)" in render_leaderboard_text(results, summary, table)

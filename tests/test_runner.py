@@ -84,3 +84,41 @@ def test_a_killed_run_resumes_and_finished_stages_are_never_redone(tmp_path: Pat
 
     changed = run_cli("run", str(config), "--out", str(out), "--set", "finetune.epochs=2")
     assert changed.returncode == 2 and "different config" in changed.stderr and "finetune" in changed.stderr
+
+
+def test_seeds_of_a_deterministic_selector_are_training_replicates(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """Seed s is the fine-tuning seed of every run: two seeds of `longest` select the same records, train with
+    seeds 0 and 1 under one recipe hash, and give different adapters; a `finetune.seed` in the config is refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config = {
+        "name": "seeds",
+        "pool": {"source": "demo", "limit": 12},
+        "selectors": [{"name": "longest", "seeds": [0, 1]}],
+        "budgets": [4],
+        "model": str(tiny_llama_dir),
+        "finetune": {"epochs": 1, "max_length": 256, "batch_size": 2},
+        "evaluate": {"benchmarks": ["heldout-nll"], "limit": {"heldout-nll": 3}, "engine": "hf"},
+        "references": {"full": False, "base": False},
+    }
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    done = run_cli("run", str(path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    runs = [out / "runs" / f"longest-b4-s{seed}" for seed in (0, 1)]
+    selections = [(run / "select" / "selection.jsonl").read_text() for run in runs]
+    assert selections[0] == selections[1]
+    metas = [json.loads((run / "finetune" / "meta.json").read_text()) for run in runs]
+    assert [m["recipe"]["seed"] for m in metas] == [0, 1]
+    assert metas[0]["recipe_hash"] == metas[1]["recipe_hash"]
+    weights = [load_file(str(run / "finetune" / "adapter_model.safetensors")) for run in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0]), "both seeds trained the same adapter"
+
+    config["finetune"]["seed"] = 3
+    path.write_text(yaml.safe_dump(config))
+    refused = run_cli("validate", str(path))
+    assert refused.returncode == 2 and "finetune.seed" in refused.stderr

@@ -122,6 +122,8 @@ class Benchmark:
         item_values: ``module:function`` turning its ``results.jsonl`` rows into per-item values whose (weighted)
             mean is a summary metric: ``(rows) -> [{"item", "metric", "value", ["weight"]}]``; None: it has none.
         lower_is_better: the names of its metrics for which lower is better; every other metric: higher.
+        value_range: the least and largest value its metrics can take (None: unbounded on that side), so
+            reports keep intervals inside it: ``(0, 1)`` for shares such as pass@k, ``(0, 100)`` for percentages.
     """
 
     name: str
@@ -132,6 +134,7 @@ class Benchmark:
     items: str | None = None
     item_values: str | None = None
     lower_is_better: tuple[str, ...] = ()
+    value_range: tuple[float | None, float | None] = (None, None)
 
     def count_items(self, params: Any, limit: int | None) -> int:
         """Items to generate answers for with options ``params`` (from :func:`parse_params`) and ``limit``."""
@@ -165,6 +168,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "selectbench.evaluate.humaneval_bench:run_humaneval",
             items="selectbench.evaluate.humaneval_bench:count_problems",
             item_values="selectbench.evaluate.humaneval_bench:pass_at_1_per_task",
+            value_range=(0.0, 1.0),
         ),
         Benchmark(
             "alpacaeval",
@@ -172,6 +176,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             AlpacaEvalParams,
             "selectbench.evaluate.alpacaeval:run_alpacaeval",
             items="selectbench.evaluate.benchmarks:instruction_set_size",
+            value_range=(0.0, 100.0),  # alpaca-eval reports win rates in percent
         ),
         Benchmark(
             "heldout-nll",
@@ -181,6 +186,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             generates=False,
             item_values="selectbench.evaluate.heldout:nll_per_item",
             lower_is_better=("nll_per_token", "perplexity"),
+            value_range=(0.0, None),
         ),
     ]
 }

@@ -51,6 +51,7 @@ def aggregate(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path) -
             base["select_seconds"] = round(sum(select_meta.get("timings", {}).values()), 3)
             base["train_seconds"] = train_meta["timings"]["train_s"]
             base["tokens_trained"] = train_meta["trained"]["tokens"]
+            base["n_selected"] = select_meta["budget"]["selected"]
         eval_seconds = 0.0
         metric_rows: list[dict[str, Any]] = []
         for bench in config.evaluate.benchmarks:
@@ -69,6 +70,8 @@ def aggregate(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path) -
                         "stderr": m.get("stderr"),
                         "n": m.get("n"),
                         "higher_is_better": benchmark.higher_is_better(name),
+                        "value_min": benchmark.value_range[0],
+                        "value_max": benchmark.value_range[1],
                     }
                 )
             write_item_values(out, layout, bench)
@@ -82,6 +85,7 @@ def aggregate(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path) -
                 if value is not None:
                     metric_rows.append(
                         {"metric": f"intrinsic/{name}", "value": value, "n": metrics["n"], "higher_is_better": True}
+                        | {"value_min": 0.0, "value_max": 1.0}  # shares of the selected records
                     )
         for m in metric_rows:
             rows.append({**base, **m, "eval_seconds": round(eval_seconds, 3)})

@@ -37,7 +37,7 @@ class SelectorSpec:
 
     name: str = option(help="a registered selector (`selectbench ls selectors`)")
     params: dict[str, Any] = option(help="the selector's hyperparameters", factory=dict)
-    seeds: list[int] | None = option(None, "default: the experiment's `seeds` for random selectors, else [0]")
+    seeds: list[int] | None = option(None, "this selector's seeds (default: the experiment's `seeds`)")
     label: str | None = option(None, "name shown in reports (default: the selector name); needed to run one twice")
 
 
@@ -78,7 +78,11 @@ class ExperimentConfig:
     pool: PoolSpec = option(help="where the pool comes from", factory=PoolSpec)
     selectors: list[SelectorSpec] = option(help="the selectors of the grid", factory=list)
     budgets: list[int | float] = option(help="subset sizes: counts, or fractions of the pool in (0, 1]", factory=list)
-    seeds: list[int] = option(help="seeds of random selectors", factory=lambda: [0])
+    seeds: list[int] = option(
+        help="seeds of every selector (a selector's own `seeds` overrides them): seed s sets the selection seed of "
+        "stochastic selectors and the fine-tuning seed of every run",
+        factory=lambda: [0],
+    )
     model: str = option("smollm2-135m-instruct", "the base model spec")
     finetune: FinetuneConfig = option(help="the recipe (`selectbench finetune --help`)", factory=FinetuneConfig)
     evaluate: EvaluateSpec = option(help="benchmarks, the same for every run", factory=EvaluateSpec)
@@ -190,6 +194,11 @@ def _check(config: ExperimentConfig, problems: list[str]) -> None:
         if label in ("full", "base"):
             problems.append(f"selectors[{i}]: {label!r} is reserved for the reference runs; set `label`")
         labels[label] = i
+    if "seed" in config.finetune_given:
+        problems.append(
+            "finetune.seed: in an experiment each run's fine-tuning seed is its seed (`seeds`, or a selector's own "
+            "`seeds`); remove finetune.seed"
+        )
     from selectbench.evaluate.benchmarks import get_benchmark, parse_params
 
     for i, name in enumerate(config.evaluate.benchmarks):

@@ -345,7 +345,11 @@ def _select_task(
             scores, seconds = _concat(list(parts))
             selector = make_selector(run.selector or "", **run.params)
             selection = selector.select_from_scores(
-                pool, scores, run.budget, seed=run.seed, timings={"score": seconds}
+                pool,
+                scores,
+                run.budget_k,  # the same count k for every selector, as the local path
+                seed=run.seed,
+                timings={"score": seconds},
             )
             bounds = shard_bounds(len(pool), len(parts))
             write_selection(

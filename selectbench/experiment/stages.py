@@ -6,6 +6,7 @@ a finished stage is never redone.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ def select_stage(config: ExperimentConfig, pool: Any, run: Run, out: Path) -> Pa
         selection = make_selection(_WholePool(), pool, len(pool), 0, list(range(len(pool))))
     else:
         selector = make_selector(run.selector or "", **run.params)
-        selection = selector.select(pool, run.budget, seed=run.seed)
+        # Every selector gets the same count k (the budget resolved against the pool), so selectors compare at
+        # equal budgets; a selector whose filter passes fewer than k keeps what it has and the report marks it.
+        selection = selector.select(pool, run.budget_k, seed=run.seed)
     return write_selection(layout.select.path, pool, selection, run_id=run.run_id)
 
 
@@ -45,11 +48,15 @@ class _WholePool:
 
 
 def finetune_stage(config: ExperimentConfig, run: Run, out: Path, *, progress: bool = True) -> Path:
-    """Fine-tune on the run's selection with the experiment's one recipe (kept when already done)."""
+    """Fine-tune on the run's selection with the experiment's one recipe and the run's seed (kept when done).
+
+    Seed ``s`` of a run is its fine-tuning seed too, so a deterministic selector run with several seeds gives
+    training-noise replicates of one recipe (the recipe hash leaves the seed out).
+    """
     from selectbench.finetune import finetune
 
     layout = RunLayout(out, run.run_id)
-    recipe = config.finetune
+    recipe = dataclasses.replace(config.finetune, seed=run.seed)
     finetune(layout.select.path, config.model, recipe, layout.finetune.path, progress=progress)
     return layout.finetune.path
 

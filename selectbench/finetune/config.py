@@ -15,13 +15,15 @@ from selectbench.config import ConfigError, ConfigRules, build, mismatches, opti
 
 # Bump when the recipe code changes what a given config trains (data order, loss masking, truncation ...), so that
 # runs made before and after the change never share a recipe hash.
-RECIPE_VERSION = 2  # 2: warmup steps are warmup_ratio x steps rounded down, not up
+RECIPE_VERSION = 3  # 2: warmup steps are warmup_ratio x steps rounded down, not up; 3: the seed is not hashed
 
 MATCHING = ("epochs", "steps", "tokens")
 
 # Fields that change how a run is logged, how fast it runs or how much memory it takes, never the trained weights
 # (up to float rounding): left out of the recipe hash so that runs differing only in them stay comparable.
-NOT_HASHED = frozenset({"report_to", "logging_steps", "micro_batch_size", "gradient_checkpointing"})
+# Not part of the recipe: logging and memory knobs, and the seed (runs that differ only in their seed are training-
+# noise replicates of one recipe, compared with each other; the seed is part of a run's identity instead).
+NOT_HASHED = frozenset({"report_to", "logging_steps", "micro_batch_size", "gradient_checkpointing", "seed"})
 LORA_FIELDS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"})
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 

@@ -35,6 +35,7 @@ IDENTITY_IN_META = {
     "recipe_hash": "recipe_hash",
     "subset_fingerprint": "subset.fingerprint",
     "model_fingerprint": "model.fingerprint",
+    "seed": "recipe.seed",
 }
 
 
@@ -74,6 +75,7 @@ def finetune(
         "recipe_hash": config.recipe_hash(),
         "subset_fingerprint": pool.fingerprint,
         "model_fingerprint": resolved_model.fingerprint,
+        "seed": config.seed,
     }
     out = Path(out_dir)
     finished = _finished_run(out, identity, force)

@@ -78,6 +78,14 @@ COLUMNS: tuple[Column, ...] = (
            "optional column: the pool's fingerprint; runs on different pools are not compared"),
     Column("params", "str", False, False,
            "optional column: the selector's params as JSON (sorted keys); one label must not carry two params"),
+    Column("n_selected", "int", False, False,
+           "optional column: records the run's selection holds; below budget_k when the selector could not fill "
+           "the budget (its filter passed too few), and the report marks the row"),
+    Column("value_min", "float", False, False,
+           "optional column: the least value the metric can take (0 for a share); intervals stay above it"),
+    Column("value_max", "float", False, False,
+           "optional column: the largest value the metric can take (1 for a share, 100 for a percentage); "
+           "intervals stay below it"),
 )
 # fmt: on
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
@@ -119,9 +127,9 @@ def validate_table(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     if problems:
         raise SelectbenchError(listing(f"{where}: results do not follow the results.csv contract", problems))
     out = pd.DataFrame({name: typed[name] for name in COLUMN_NAMES})
-    for name in ("budget_k", "n", "tokens_trained", "seed"):
+    for name in ("budget_k", "n", "tokens_trained", "seed", "n_selected"):
         out[name] = out[name].astype("Int64")
-    for name in ("value", "stderr", "select_seconds", "train_seconds", "eval_seconds"):
+    for name in ("value", "stderr", "select_seconds", "train_seconds", "eval_seconds", "value_min", "value_max"):
         out[name] = out[name].astype(np.float64)
     out["higher_is_better"] = out["higher_is_better"].astype(bool)
     return out
@@ -174,10 +182,13 @@ def _check_row(row: Mapping[str, str], typed: Mapping[str, list[Any]], line: str
         problems.append(f"{line}: kind={kind} rows must have selector={kind!r}, got {row['selector']!r}")
     if kind in ("selector", "full") and row["recipe_hash"] == "":
         problems.append(f"{line}: recipe_hash is empty; every fine-tuned run records its recipe hash")
-    for name in ("n", "tokens_trained", "stderr", "select_seconds", "train_seconds", "eval_seconds"):
+    for name in ("n", "tokens_trained", "stderr", "select_seconds", "train_seconds", "eval_seconds", "n_selected"):
         number = typed[name][-1]
         if not pd.isna(number) and number < 0:
             problems.append(f"{line}: column {name!r} must be >= 0, got {number}")
+    low, high, value = typed["value_min"][-1], typed["value_max"][-1], typed["value"][-1]
+    if (not math.isnan(low) and value < low) or (not math.isnan(high) and value > high):
+        problems.append(f"{line}: value {value} lies outside the metric's range [{low}, {high}]")
 
 
 def _check_table(frame: pd.DataFrame, typed: Mapping[str, list[Any]], problems: list[str]) -> None:

@@ -100,6 +100,9 @@ def compare(
                     arm = at_k[at_k["label"] == label]
                     rng = np.random.default_rng([seed, len(rows)])
                     row = _compare_arms(results, metric, arm, base_runs, confidence, n_boot, rng)
+                    if row["k_selected"] is not None and row["k_selected"] < k:
+                        short = f"kept {row['k_selected']} of {k} records (could not fill the budget)"
+                        row["note"] = f"{row['note']}; {short}" if row["note"] else short
                     rows.append({"metric": metric, "budget_k": k, "selector": label, "baseline": baseline, **row})
     out = pd.DataFrame(rows, columns=[*COMPARISON_COLUMNS, *EXTRA_COLUMNS, "higher_is_better"])
     if out.empty:
@@ -331,6 +334,9 @@ def overall(
     """
     baseline = baseline or primary_baseline(comparisons)
     selectors = summary[summary["kind"] == "selector"]
+    if "n_selected" in selectors:  # a selector that could not fill a budget is not ranked there
+        short = selectors["n_selected"].notna() & (selectors["n_selected"].fillna(0) < selectors["budget_k"])
+        selectors = selectors[~short.astype(bool)]
     ranks: dict[tuple[str, int], dict[str, float]] = {}
     for (metric, k), cell in selectors.groupby(["metric", "budget_k"], sort=False):
         higher = bool(cell["higher_is_better"].iloc[0])

@@ -31,17 +31,33 @@ class Section:
         return "higher is better" if self.higher_is_better else "lower is better"
 
 
+def underfilled(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose selector kept fewer records than the budget (its filter passed too few)."""
+    selected = rows["n_selected"] if "n_selected" in rows else pd.Series(pd.NA, index=rows.index)
+    return (selected.notna() & (selected.fillna(0) < rows["budget_k"].fillna(0))).astype(bool)
+
+
 def rank_selectors(summary: pd.DataFrame, metric: str, budget_k: int) -> pd.DataFrame:
-    """Selector rows of one metric at one budget, best first, with a ``rank`` column (ties share a rank)."""
+    """Selector rows of one metric at one budget, best first, with a ``rank`` column (ties share a rank).
+
+    A selector that could not fill the budget is not ranked among those that did (rank 0, listed last): it
+    trained on less data, so its place would compare unequal budgets.
+    """
     rows = summary[(summary["metric"] == metric) & (summary["kind"] == "selector") & (summary["budget_k"] == budget_k)]
     if rows.empty:
         return rows.assign(rank=pd.Series(dtype=int))
     higher = bool(rows["higher_is_better"].iloc[0])
     # Rounded so that a mean over seeds equal to another value up to float noise counts as a tie.
     key = rows["mean"].round(12)
-    rows = rows.assign(_key=key).sort_values(["_key", "label"], ascending=[not higher, True], kind="stable")
-    ranks = (-rows["_key"] if higher else rows["_key"]).rank(method="min").astype(int)
-    return rows.drop(columns="_key").assign(rank=ranks.to_numpy())
+    short = underfilled(rows)
+    rows = rows.assign(_key=key, _short=short).sort_values(
+        ["_short", "_key", "label"], ascending=[True, not higher, True], kind="stable"
+    )
+    full = rows[~rows["_short"]]
+    ranks = (-full["_key"] if higher else full["_key"]).rank(method="min").astype(int)
+    rank = pd.Series(0, index=rows.index)
+    rank[full.index] = ranks
+    return rows.drop(columns=["_key", "_short"]).assign(rank=rank.to_numpy())
 
 
 def leaderboard_sections(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[Section]:
@@ -65,7 +81,10 @@ def leaderboard_sections(summary: pd.DataFrame, comparisons: pd.DataFrame | None
             for n, row in enumerate(rank_selectors(summary, metric, k).to_dict("records")):
                 given = row["budget"]
                 budget = (f"{k} ({given})" if given and given != str(k) else str(k)) if n == 0 else ""
-                cells = _cells(row, budget, str(row["rank"]), row["label"], decimals)
+                name = row["label"]
+                if row["rank"] == 0:  # could not fill the budget: shown, not ranked
+                    name = f"{name} ({row['n_selected']} of {k})"
+                cells = _cells(row, budget, str(row["rank"] or "—"), name, decimals)
                 cells["delta"] = deltas.get((metric, k, row["label"]), "—")
                 rows.append(cells)
         references = pd.concat([part[part["kind"] == kind] for kind in ("full", "base")])

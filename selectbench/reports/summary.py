@@ -17,8 +17,9 @@ N_BOOT = 2000
 CI_METHODS = {
     "items x seeds": "bootstrap over eval items and seeds",
     "items": "bootstrap over eval items (one seed)",
-    "seeds": "Student t over seeds (no per-item results)",
+    "seeds": "Student t over seeds (no per-item results), kept inside the metric's range",
     "stderr": "normal interval from the benchmark's stderr (one seed, no per-item results)",
+    "wilson": "Wilson score interval of a share over its n items (one seed, no per-item results)",
     "none": "no interval: one seed, no per-item results, no stderr",
 }
 SUMMARY_COLUMNS = (
@@ -37,6 +38,7 @@ SUMMARY_COLUMNS = (
     "n_seeds",
     "seeds",
     "n_items",
+    "n_selected",
     "select_seconds",
     "train_seconds",
     "cost_seconds",
@@ -78,12 +80,17 @@ def summarize(
         elif len(values) > 1:
             low, high = t_interval(values, confidence)
             method = "seeds"
+        elif _bounded(group) and int(group["n"].iloc[0]) > 0:
+            lo, hi = float(group["value_min"].iloc[0]), float(group["value_max"].iloc[0])
+            share_low, share_high = wilson_interval((values[0] - lo) / (hi - lo), int(group["n"].iloc[0]), confidence)
+            low, high, method = lo + share_low * (hi - lo), lo + share_high * (hi - lo), "wilson"
         elif not math.isnan(group["stderr"].iloc[0]):
             z = _normal_quantile((1 + confidence) / 2)
             low, high = values[0] - z * group["stderr"].iloc[0], values[0] + z * group["stderr"].iloc[0]
             method = "stderr"
         else:
             low, high, method = math.nan, math.nan, "none"
+        low, high = _inside(group, low, high)
         select_s, train_s = _mean(group["select_seconds"]), _mean(group["train_seconds"])
         rows.append(
             {
@@ -102,6 +109,8 @@ def summarize(
                 "n_seeds": len(values),
                 "seeds": " ".join(str(s) for s in group["seed"]),
                 "n_items": len(items[0].ids) if have_items else int(group["n"].max()),
+                # The fewest records any seed's selection held (below budget_k: the selector could not fill it).
+                "n_selected": group["n_selected"].min() if group["n_selected"].notna().any() else pd.NA,
                 "select_seconds": select_s,
                 "train_seconds": train_s,
                 "cost_seconds": math.nan
@@ -113,8 +122,35 @@ def summarize(
         )
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out["budget_k"] = out["budget_k"].astype("Int64")
+    out["n_selected"] = out["n_selected"].astype("Int64")
     out.attrs.update(confidence=confidence, n_boot=n_boot)
     return out
+
+
+def wilson_interval(share: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``share`` observed over ``n`` items; always inside [0, 1]."""
+    z = _normal_quantile((1 + confidence) / 2)
+    share = min(1.0, max(0.0, share))
+    denominator = 1 + z * z / n
+    centre = (share + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _bounded(group: pd.DataFrame) -> bool:
+    """Whether the metric has a range on both sides (a share or a percentage): Wilson applies."""
+    if "value_min" not in group:
+        return False
+    return not (math.isnan(group["value_min"].iloc[0]) or math.isnan(group["value_max"].iloc[0]))
+
+
+def _inside(group: pd.DataFrame, low: float, high: float) -> tuple[float, float]:
+    """The interval cut to the metric's range, where results.csv gives one: no share interval past 0 or 1."""
+    if "value_min" in group and not math.isnan(group["value_min"].iloc[0]):
+        low, high = max(low, float(group["value_min"].iloc[0])), max(high, float(group["value_min"].iloc[0]))
+    if "value_max" in group and not math.isnan(group["value_max"].iloc[0]):
+        low, high = min(low, float(group["value_max"].iloc[0])), min(high, float(group["value_max"].iloc[0]))
+    return low, high
 
 
 def bootstrap_ci(

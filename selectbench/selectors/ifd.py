@@ -121,7 +121,8 @@ class IFDSelector(ScoreSelector):
         max_length: token budget of the conditioned text (Cherry's truncation rule).
         variant: the score: ``ifd_loss`` (default), ``ifd_ppl`` or ``loss_cond``.
         filter: ``drop_above_one`` (default, keep IFD <= 1), ``below_one`` (keep IFD < 1), ``none``.
-        budget_base: ``kept`` (default: a fraction of the examples that pass the filter) or ``full``.
+        budget_base: ``kept`` (default: a fraction of the examples that pass the filter) or ``full``. It applies to
+            fractional budgets only: an experiment gives every selector the same count ``k`` (equal budgets).
         engine: ``auto`` (vLLM with a GPU, else transformers), ``hf`` or ``vllm``.
         dtype: model dtype for scoring (``float32`` default).
         batch_tokens: padded tokens per batch for the ``hf`` engine; default 8192 on a GPU, one example per
