@@ -82,6 +82,14 @@ def test_a_killed_run_resumes_and_finished_stages_are_never_redone(tmp_path: Pat
     assert third.returncode == 0, third.stderr
     assert done_files(out) == after, "a re-run of a finished experiment redid work"
 
+    # The report compares every selector with random, paired, and the terminal ends with the verdicts.
+    assert (out / "report" / "comparisons.csv").exists()
+    assert "paired comparisons with random" in second.stdout
+    # Once the base model's evaluation is on disk, the plan states the difference the grid can detect.
+    dry = run_cli("run", str(config), "--out", str(out), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "heldout-nll/nll_per_token: at most" in dry.stdout
+
     changed = run_cli("run", str(config), "--out", str(out), "--set", "finetune.epochs=2")
     assert changed.returncode == 2 and "different config" in changed.stderr and "finetune" in changed.stderr
 

@@ -71,6 +71,17 @@ class RaySpec:
 
 
 @dataclass
+class ReportSpec:
+    """How the report compares the runs (changing it re-reports; it never re-runs a stage)."""
+
+    compare_to: list[str] = option(
+        help="baselines of the paired comparisons, in order (a selector label, full or base); the first present is "
+        "the leaderboard's Δ column",
+        factory=lambda: ["random", "full", "base"],
+    )
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: the grid is selectors x budgets x seeds, plus the references."""
 
@@ -90,6 +101,7 @@ class ExperimentConfig:
     intrinsic: bool | None = option(None, "label columns (share good, style); null: when the pool has labels")
     executor: Literal["local", "ray"] = option("local", "run the stages here (local) or as Ray tasks (ray)")
     ray: RaySpec = option(help="the Ray executor's settings", factory=RaySpec)
+    report: ReportSpec = option(help="how the report compares the runs", factory=ReportSpec)
     out: str | None = option(None, "the run folder (default: runs/<name>)")
     # The `finetune` mapping as written (after --set overrides): `to_dict` gives it back, so that `config.json`
     # says what the YAML said and a resumed run compares like with like.
@@ -194,6 +206,8 @@ def _check(config: ExperimentConfig, problems: list[str]) -> None:
         if label in ("full", "base"):
             problems.append(f"selectors[{i}]: {label!r} is reserved for the reference runs; set `label`")
         labels[label] = i
+    if not config.report.compare_to:
+        problems.append("report.compare_to: name at least one baseline (e.g. random)")
     if "seed" in config.finetune_given:
         problems.append(
             "finetune.seed: in an experiment each run's fine-tuning seed is its seed (`seeds`, or a selector's own "

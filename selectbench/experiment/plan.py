@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selectbench.errors import SelectbenchError
@@ -120,3 +122,41 @@ def print_plan(config: ExperimentConfig, runs: list[Run], cost: dict[str, Any], 
         f"~{tokens if tokens is not None else '?'} tokens to train; {cost['items_to_generate']} items to generate",
         file=file,
     )
+
+
+def power_lines(config: ExperimentConfig, out: Path) -> list[str]:
+    """Per metric, the smallest difference between two runs the grid can detect at 80% power (alpha 0.05).
+
+    Before any run, only the base model's evaluation can say anything, and only when a finished one is already in
+    ``out``: from its per-item spread, ``sqrt(2) x (z_0.975 + z_0.8) x se`` bounds the difference two independent
+    runs would need. Pairing over the same items detects much smaller ones; the report states the paired figure,
+    from the observed paired variance, beside every ``n.s.`` verdict.
+    """
+    import numpy as np
+
+    from selectbench.artifacts import ExperimentLayout
+    from selectbench.evaluate.benchmarks import RESULTS_FILE, get_benchmark
+    from selectbench.io import nonblank_lines
+    from selectbench.reports.compare import minimum_detectable
+
+    base = ExperimentLayout(out).run("base")
+    lines = []
+    for bench in config.evaluate.benchmarks:
+        stage = base.eval(bench)
+        if not stage.done or not (stage / RESULTS_FILE).exists():
+            lines.append(f"  {bench}: unknown before a run (no finished base-model evaluation in {out})")
+            continue
+        rows = [json.loads(line) for _, line in nonblank_lines(stage / RESULTS_FILE)]
+        by_metric: dict[str, list[tuple[float, float]]] = {}
+        for item in get_benchmark(bench).read_item_values(rows):
+            by_metric.setdefault(item["metric"], []).append((item["value"], item.get("weight", 1.0)))
+        if not by_metric:
+            lines.append(f"  {bench}: unknown (its results have no per-item values)")
+        for metric, pairs in by_metric.items():
+            values, weights = np.array(pairs, dtype=np.float64).T
+            bound = math.sqrt(2) * minimum_detectable(values, weights)
+            lines.append(
+                f"  {bench}/{metric}: at most {bound:.3g} between two runs (unpaired bound from the base model's "
+                f"{len(values)} items; the paired comparison detects less)"
+            )
+    return lines

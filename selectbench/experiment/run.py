@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from selectbench.artifacts import ExperimentLayout
 from selectbench.errors import SelectbenchError
 from selectbench.experiment.aggregate import aggregate
 from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.local import run_local
-from selectbench.experiment.plan import estimate, load_experiment_pool, plan, print_plan
+from selectbench.experiment.plan import estimate, load_experiment_pool, plan, power_lines, print_plan
 from selectbench.io import dumps, versions, write_json
 
 
@@ -25,6 +24,8 @@ def run_experiment(config: ExperimentConfig, *, dry_run: bool = False, progress:
     runs = plan(config, len(pool))
     cost = estimate(config, pool, runs)
     print_plan(config, runs, cost)
+    print("smallest detectable difference (80% power, alpha 0.05):")
+    print("\n".join(power_lines(config, out)))
     if dry_run:
         return out
     _check_same_config(layout, config)
@@ -37,8 +38,8 @@ def run_experiment(config: ExperimentConfig, *, dry_run: bool = False, progress:
         run_on_ray(config, pool, runs, out, progress=progress)
     else:
         run_local(config, pool, runs, out, progress=progress)
-    rows = aggregate(config, pool, runs, out)
-    _report(layout, rows)
+    aggregate(config, pool, runs, out)
+    _report(layout, config)
     print(f"\nfinished in {time.perf_counter() - started:.0f} s; report: {layout.report / 'index.html'}")
     return out
 
@@ -47,8 +48,9 @@ def _check_same_config(layout: ExperimentLayout, config: ExperimentConfig) -> No
     existing = layout.config_file
     if not existing.exists():
         return
-    previous = json.loads(existing.read_text())["config"]
-    current = json.loads(dumps(config.to_dict()))
+    # Report options change only the report, never a stage: a run may be resumed with other ones.
+    previous = {k: v for k, v in json.loads(existing.read_text())["config"].items() if k != "report"}
+    current = {k: v for k, v in json.loads(dumps(config.to_dict())).items() if k != "report"}
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise SelectbenchError(
@@ -57,9 +59,12 @@ def _check_same_config(layout: ExperimentLayout, config: ExperimentConfig) -> No
         )
 
 
-def _report(layout: ExperimentLayout, rows: list[dict[str, Any]]) -> None:
-    from selectbench.reports import render_leaderboard_text, write_reports
+def _report(layout: ExperimentLayout, config: ExperimentConfig) -> None:
+    from selectbench.reports import compare, load_results, render_leaderboard_text, summarize, write_report_files
 
-    write_reports([layout.out], layout.report)
+    results = load_results([layout.out])
+    summary = summarize(results)
+    comparisons = compare(results, baselines=config.report.compare_to)
+    write_report_files(results, summary, layout.report, comparisons)
     print()
-    print(render_leaderboard_text(layout.out))
+    print(render_leaderboard_text(results, summary, comparisons))

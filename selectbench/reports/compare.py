@@ -106,6 +106,7 @@ def compare(
                     rows.append({"metric": metric, "budget_k": k, "selector": label, "baseline": baseline, **row})
     out = pd.DataFrame(rows, columns=[*COMPARISON_COLUMNS, *EXTRA_COLUMNS, "higher_is_better"])
     if out.empty:
+        out.attrs.update(baselines=tuple(baselines))
         return out.drop(columns="higher_is_better")
     out["higher_is_better"] = out["metric"].map(higher)
     out["p_adjusted"] = np.nan
@@ -113,7 +114,7 @@ def compare(
         out.loc[index, "p_adjusted"] = holm(out.loc[index, "p_value"].to_numpy(dtype=np.float64))
     out["verdict"] = [_verdict(r, alpha) for r in out.to_dict("records")]
     out["budget_k"] = out["budget_k"].astype("Int64")
-    out.attrs.update(confidence=confidence, alpha=alpha, n_boot=n_boot)
+    out.attrs.update(confidence=confidence, alpha=alpha, n_boot=n_boot, baselines=tuple(baselines))
     return out.drop(columns="higher_is_better")
 
 
@@ -309,8 +310,10 @@ MARKS = {BETTER: "▲", WORSE: "▼", NS: "≈", "": ""}
 OVERALL_COLUMNS = ("selector", "wins", "ties", "losses", "untested", "mean_rank", "rank_low", "rank_high", "cells")
 
 
-def primary_baseline(comparisons: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASELINES) -> str | None:
-    """The first of ``baselines`` that the comparisons use (the one the leaderboard's Δ column shows)."""
+def primary_baseline(comparisons: pd.DataFrame) -> str | None:
+    """The first baseline, in the order :func:`compare` was given them, that the comparisons use (the one the
+    leaderboard's Δ column shows)."""
+    baselines = comparisons.attrs.get("baselines", DEFAULT_BASELINES)
     present = set(comparisons["baseline"]) if not comparisons.empty else set()
     return next((b for b in baselines if b in present), None)
 
