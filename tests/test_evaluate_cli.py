@@ -202,6 +202,36 @@ def test_heldout_nll_matches_a_direct_transformers_computation(tiny_llama_dir: P
     assert summary["nll_per_token"]["value"] != pytest.approx(base, rel=1e-3)  # the adapter was applied
 
 
+def test_an_engine_pool_serves_every_run_of_a_stage_from_one_base_model(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The experiment's evaluation stage: one pooled engine loads the base model once and switches each run's
+    adapter per request; the numbers equal those of an engine built per run."""
+    from evaluate_helpers import make_lora_adapters
+
+    from selectbench.models import loading
+    from selectbench.models.engines.factory import EnginePool
+
+    write_jsonl(tmp_path / "heldout.jsonl", HELDOUT)
+    adapters = make_lora_adapters(tiny_llama_dir, tmp_path, seeds=(3, 4))
+    loads = []
+    real = loading.load_causal_lm
+    monkeypatch.setattr(loading, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    pool = EnginePool()
+    pooled, alone = [], []
+    for i, adapter in enumerate([None, *adapters]):
+        common = {"adapter": adapter, "engine": "hf", "progress": False, "file": str(tmp_path / "heldout.jsonl")}
+        pooled.append(evaluate("heldout-nll", str(tiny_llama_dir), out_dir=tmp_path / f"p{i}", engines=pool, **common))
+        alone.append(evaluate("heldout-nll", str(tiny_llama_dir), out_dir=tmp_path / f"a{i}", **common))
+    assert len(pool) == 1
+    assert len(loads) == 1 + 3  # the pool's base model once; one per run without the pool
+    for p, a in zip(pooled, alone, strict=True):
+        assert p["nll_per_token"]["value"] == pytest.approx(a["nll_per_token"]["value"], rel=1e-6)
+    assert len({round(p["nll_per_token"]["value"], 6) for p in pooled}) == 3  # each run's own adapter applied
+    pool.close()
+    assert len(pool) == 0
+
+
 def test_heldout_nll_on_the_demo_set_by_default(tiny_llama_dir: Path, tmp_path: Path) -> None:
     summary = evaluate("heldout-nll", str(tiny_llama_dir), out_dir=tmp_path, limit=5, engine="hf", progress=False)
     assert summary["nll_per_token"]["n"] == 5

@@ -24,7 +24,7 @@ from selectbench.io import atomic_open, dumps, versions
 from selectbench.models.engines.adapters import adapter_fingerprint, check_adapter
 from selectbench.models.engines.base import Conversation, Decoding, Generator, resolve_engine
 from selectbench.models.engines.cache import cached_generate
-from selectbench.models.engines.factory import make_engine
+from selectbench.models.engines.factory import EnginePool, make_engine
 from selectbench.models.engines.openai import endpoint_fingerprint
 from selectbench.models.spec import file_sha256
 
@@ -246,18 +246,29 @@ class Context:
     samples: Path | None = None
     progress: bool = True
     shared_generator: Generator | None = None
+    engines: EnginePool | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _own_generator: Generator | None = None
 
     def generator(self) -> Generator:
-        """The generation engine: the one the caller shared, or one built here (closed after the run)."""
+        """The generation engine: the one the caller shared, else the pool's, else one built here (closed after
+        the run)."""
         if self.shared_generator is not None:
             return self.shared_generator
+        options = dict(self.engine_options)
+        options.setdefault("progress", self.progress)
+        if self.engines is not None:
+            return self.engines.get(self.engine, _require_model(self), **options)
         if self._own_generator is None:
-            options = dict(self.engine_options)
-            options.setdefault("progress", self.progress)
             self._own_generator = make_engine(self.engine, _require_model(self), **options)
         return self._own_generator
+
+    def make_engine(self, engine: str, model: Any, **options: Any) -> Any:
+        """An engine for this run's scoring: from the caller's pool when there is one (one base model for every
+        run of a stage), else built here for this run."""
+        if self.engines is not None:
+            return self.engines.get(engine, model, **options)
+        return make_engine(engine, model, **options)
 
     def generate(self, conversations: Sequence[Conversation], decoding: Decoding) -> list[list[str]]:
         """Completions for each conversation, from the generation cache where present (see
@@ -327,6 +338,7 @@ def evaluate(
     limit: int | None = None,
     engine: str = "auto",
     generator: Generator | None = None,
+    engines: EnginePool | None = None,
     engine_options: dict[str, Any] | None = None,
     samples: str | os.PathLike[str] | None = None,
     force: bool = False,
@@ -349,6 +361,8 @@ def evaluate(
         engine: ``auto``, ``hf``, ``vllm`` or ``openai``.
         generator: a generation engine to use instead of building one (e.g. one vLLM engine shared by a whole
             grid: the base model loaded once, each subset's adapter served per request). Not closed here.
+        engines: a pool the benchmark takes its engines from (generation and scoring), so that a grid's runs
+            share one base model per engine; not closed here. Without it, engines are built for this run.
         engine_options: options for the engine built here (see :func:`selectbench.models.engines.factory.make_engine`).
         samples: ``humaneval`` only: score this file of ``{"task_id", "completion"}`` lines without generating.
         force: re-run even if ``out_dir`` holds a finished run with the same configuration.
@@ -420,6 +434,7 @@ def evaluate(
         samples=samples_path,
         progress=progress,
         shared_generator=generator,
+        engines=engines,
     )
     runner: Callable[[Context], Outcome] = _function(benchmark.runner)
     start = time.perf_counter()

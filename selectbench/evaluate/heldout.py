@@ -77,7 +77,6 @@ def ratio_stderr(sums: np.ndarray, counts: np.ndarray) -> float:
 def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> LossEngine:
     """The engine that scores: the shared one where it scores exactly as a fresh one would, else one built here."""
     from selectbench.models.engines.base import cuda_available, resolve_engine
-    from selectbench.models.engines.factory import make_engine
 
     choice = params.scoring_engine
     if choice not in ("auto", "hf", "vllm"):
@@ -92,7 +91,7 @@ def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> L
     else:
         name = choice
     if name == "vllm":
-        return make_engine(
+        return ctx.make_engine(
             "vllm",
             model,
             dtype="float32",
@@ -114,7 +113,7 @@ def _loss_engine(ctx: Context, params: HeldoutParams, model: ResolvedModel) -> L
     options: dict[str, Any] = {"score_batch_tokens": params.batch_tokens, "progress": ctx.progress, "dtype": dtype}
     if "device" in ctx.engine_options:
         options["device"] = ctx.engine_options["device"]
-    return make_engine("hf", model, **options)
+    return ctx.make_engine("hf", model, **options)
 
 
 def run_heldout(ctx: Context) -> Outcome:

@@ -1,5 +1,5 @@
-"""The local executor (the default): every stage in this process, stage by stage over the whole grid, so one
-generation engine (on vLLM: the base model once, each adapter per request) serves every run."""
+"""The local executor (the default): every stage in this process, stage by stage over the whole grid, so one engine
+per kind (the base model loaded once, each run's adapter switched per request) serves every run."""
 
 from __future__ import annotations
 
@@ -24,15 +24,16 @@ def run_local(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path, *
         if run.kind != "base":
             tick(f"fine-tune {run.run_id}")
             finetune_stage(config, run, out, progress=progress)
-    generator = None
+    from selectbench.models.engines.factory import EnginePool
+
+    engines = EnginePool()  # one base model per engine for the whole evaluation stage
     try:
         for run in runs:
             for bench in config.evaluate.benchmarks:
                 tick(f"evaluate {bench} {run.run_id}")
-                generator = evaluate_stage(config, run, bench, out, generator, progress=progress)
+                evaluate_stage(config, run, bench, out, engines, progress=progress)
     finally:
-        if generator is not None:
-            generator.close()
+        engines.close()
 
 
 def _count_steps(config: ExperimentConfig, runs: list[Run]) -> int:

@@ -368,11 +368,12 @@ def _finetune_task(config: ExperimentConfig, run: Run, out: str, threads: int, _
 def _evaluate_task(config: ExperimentConfig, run: Run, out: str, threads: int, _trained: float | None) -> float:
     start = time.perf_counter()
     with _in_worker(threads):
-        generator = None
+        from selectbench.models.engines.factory import EnginePool
+
+        engines = EnginePool()  # this task's engines, shared by its benchmarks
         try:
             for bench in config.evaluate.benchmarks:
-                generator = evaluate_stage(config, run, bench, Path(out), generator, progress=False)
+                evaluate_stage(config, run, bench, Path(out), engines, progress=False)
         finally:
-            if generator is not None:
-                generator.close()
+            engines.close()
     return time.perf_counter() - start

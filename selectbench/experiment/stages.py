@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectbench.artifacts import RunLayout
 from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.plan import Run
+
+if TYPE_CHECKING:
+    from selectbench.models.engines.factory import EnginePool
 
 
 def selection_done(layout: RunLayout, pool: Any) -> bool:
@@ -62,33 +65,25 @@ def finetune_stage(config: ExperimentConfig, run: Run, out: Path, *, progress: b
 
 
 def evaluate_stage(
-    config: ExperimentConfig, run: Run, bench: str, out: Path, generator: Any, *, progress: bool = True
-) -> Any:
-    """Evaluate the run on ``bench``; returns the (possibly newly built) shared generation engine."""
-    from selectbench.evaluate.benchmarks import SUMMARY_FILE, evaluate, get_benchmark
-    from selectbench.models.engines.base import resolve_engine
-    from selectbench.models.engines.factory import make_engine
+    config: ExperimentConfig, run: Run, bench: str, out: Path, engines: EnginePool, *, progress: bool = True
+) -> None:
+    """Evaluate the run on ``bench`` with engines from ``engines`` (an :class:`EnginePool` the executor holds for
+    the whole stage: one base model per engine, each run's adapter switched per request)."""
+    from selectbench.evaluate.benchmarks import SUMMARY_FILE, evaluate
 
     layout = RunLayout(out, run.run_id)
     stage = layout.eval(bench)
-    adapter = None if run.kind == "base" else str(layout.finetune.path)
     if stage.done and (stage / SUMMARY_FILE).exists():
-        # evaluate() also skips a finished folder; checking here avoids starting an engine for nothing.
-        return generator
-    generates = get_benchmark(bench).generates
-    engine = resolve_engine(config.evaluate.engine)
-    if generator is None and generates and engine != "openai":
-        generator = make_engine(engine, config.model, **config.evaluate.engine_options)
+        return  # evaluate() also skips a finished folder; checking here loads nothing for it
     evaluate(
         bench,
         config.model,
-        adapter=adapter,
+        adapter=None if run.kind == "base" else str(layout.finetune.path),
         out_dir=stage.path,
         limit=config.evaluate.limit.get(bench),
         engine=config.evaluate.engine,
-        generator=generator if generates else None,
-        engine_options=config.evaluate.engine_options if generator is None else None,
+        engines=engines,
+        engine_options=config.evaluate.engine_options,
         progress=progress,
         **config.evaluate.params.get(bench, {}),
     )
-    return generator

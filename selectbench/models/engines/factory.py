@@ -43,3 +43,31 @@ def make_engine(engine: str, model: str | ResolvedModel, *, allowed: tuple[str, 
     if name == "openai" and isinstance(model, ResolvedModel):
         model = model.spec
     return ENGINE_CLASSES[name](model=model, **options)
+
+
+class EnginePool:
+    """Engines built once and shared: a request for the same engine, model and options gets the same instance, so a
+    stage holds one base model for every run (each run's adapter is switched per request). Closed together."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Any] = {}
+
+    def get(
+        self, engine: str, model: str | ResolvedModel, *, allowed: tuple[str, ...] = ENGINES, **options: Any
+    ) -> Any:
+        """The pooled engine for these arguments, built on first request (see :func:`make_engine`)."""
+        name = resolve_engine(engine, allowed=allowed)
+        spec = model.spec if isinstance(model, ResolvedModel) else str(model)
+        key = repr((name, spec, sorted(options.items())))
+        if key not in self._engines:
+            self._engines[key] = make_engine(name, model, allowed=allowed, **options)
+        return self._engines[key]
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def close(self) -> None:
+        """Close every engine of the pool (weights, KV caches, worker processes)."""
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.close()
