@@ -201,7 +201,7 @@ def _wait(ray: Any, tasks: list[_Task]) -> None:
                 if isinstance(cause, SelectbenchError):
                     raise SelectbenchError(str(cause)) from None
                 raise
-            seconds = result[1] if isinstance(result, tuple) else result  # a shard: (scores, seconds)
+            seconds = result[1] if isinstance(result, tuple) else result  # a shard: (score columns, seconds)
             done += 1
             elapsed = time.perf_counter() - start
             eta = f", ETA {elapsed / done * (total - done):.0f} s" if done < total else ""
@@ -218,11 +218,12 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 
 def score_in_shards(
     selector: ScoreSelector, pool: Pool, shards: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0
-) -> tuple[np.ndarray, float]:
+) -> tuple[dict[str, np.ndarray], float]:
     """Score ``pool`` with ``selector`` as ``shards`` Ray tasks (Ray must be initialised).
 
     Returns:
-        The scores in pool order (``selector.select_from_scores`` picks from them what ``select`` would) and the
+        The score columns in pool order (``score``, and those the selector's ``selection_info`` reads):
+        ``selector.select_from_scores`` makes from them the selection ``select`` would, ``info`` included; and the
         seconds the shards spent scoring, summed.
     """
     import ray
@@ -240,8 +241,11 @@ def score_in_shards(
     return _concat(parts)
 
 
-def _concat(parts: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, float]:
-    return np.concatenate([scores for scores, _ in parts]), float(sum(seconds for _, seconds in parts))
+def _concat(parts: list[tuple[dict[str, np.ndarray], float]]) -> tuple[dict[str, np.ndarray], float]:
+    """The shards' score columns joined in pool order, and their seconds summed."""
+    names = parts[0][0].keys()
+    fields = {name: np.concatenate([columns[name] for columns, _ in parts]) for name in names}
+    return fields, float(sum(seconds for _, seconds in parts))
 
 
 # ----------------------------------------------------------------------------------------------- pools in workers
@@ -320,13 +324,19 @@ def _in_worker(threads: int) -> Iterator[None]:
 
 
 def _score_shard_task(selector: ScoreSelector, payload: _PoolPayload, lo: int, hi: int, threads: int) -> Any:
+    """One shard's score columns (``score`` and what the selector's ``selection_info`` reads) and its seconds."""
     with _in_worker(threads):
         pool = payload.shard(lo, hi)
         start = time.perf_counter()
-        scores = np.asarray(selector.score(pool), dtype=np.float64)
-        if scores.shape != (hi - lo,):
-            raise ValueError(f"{selector.name}: score() returned shape {scores.shape}, expected ({hi - lo},)")
-        return scores, time.perf_counter() - start
+        if selector.info_fields:
+            columns = selector.score_fields(pool)
+            fields = {name: np.asarray(columns[name]) for name in ("score", *selector.info_fields)}
+        else:  # the scores alone: score() may be cheaper than score_fields()
+            fields = {"score": np.asarray(selector.score(pool), dtype=np.float64)}
+        for name, column in fields.items():
+            if column.shape != (hi - lo,):
+                raise ValueError(f"{selector.name}: {name} has shape {column.shape}, expected ({hi - lo},)")
+        return fields, time.perf_counter() - start
 
 
 def _select_task(
@@ -342,11 +352,11 @@ def _select_task(
             from selectbench.selectors import make_selector
             from selectbench.selectors.artifacts import write_selection
 
-            scores, seconds = _concat(list(parts))
+            fields, seconds = _concat(list(parts))
             selector = make_selector(run.selector or "", **run.params)
             selection = selector.select_from_scores(
                 pool,
-                scores,
+                fields,
                 run.budget_k,  # the same count k for every selector, as the local path
                 seed=run.seed,
                 timings={"score": seconds},
