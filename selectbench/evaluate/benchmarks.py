@@ -422,20 +422,9 @@ def evaluate(
             return json.loads((stage / SUMMARY_FILE).read_text())
     out = stage.begin()
 
-    ctx = Context(
-        bench=bench,
-        model=model,
-        adapter=adapter_path,
-        out_dir=out,
-        limit=limit,
-        engine=engine,
-        engine_options=engine_options,
-        params=options,
-        samples=samples_path,
-        progress=progress,
-        shared_generator=generator,
-        engines=engines,
-    )
+    ctx = Context(bench=bench, model=model, adapter=adapter_path, out_dir=out, limit=limit, engine=engine,
+                  engine_options=engine_options, params=options, samples=samples_path, progress=progress,
+                  shared_generator=generator, engines=engines)  # fmt: skip
     runner: Callable[[Context], Outcome] = _function(benchmark.runner)
     start = time.perf_counter()
     try:
