@@ -255,8 +255,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if args.batch_tokens is None:
-        args.batch_tokens = default_batch_tokens(device.type)
+    engine_budget = args.batch_tokens  # None: the engine's own default (unpadded batches on CPU)
+    if args.batch_tokens is None:  # the raw padded-batch baselines: the engine's GPU budget, one row on CPU
+        args.batch_tokens = default_batch_tokens(device.type) if device.type == "cuda" else 1
 
     data = build_examples(args.model, args.limit, args.max_length, args.template)
     passes = data["passes"]
@@ -265,7 +266,7 @@ def main() -> int:
     warm_passes = [(seqs[:8], starts[:8]) for seqs, starts in passes]
 
     engine = HFEngine(
-        model=args.model, dtype=args.dtype, device=args.device, score_batch_tokens=args.batch_tokens, progress=False
+        model=args.model, dtype=args.dtype, device=args.device, score_batch_tokens=engine_budget, progress=False
     )
     run_selector_style(engine.answer_losses, warm_passes, CHUNK)  # loads the model; warm-up
     model = engine._load()  # the very same model object for every method

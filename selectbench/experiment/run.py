@@ -60,7 +60,8 @@ def _check_same_config(layout: ExperimentLayout, config: ExperimentConfig) -> No
 
 
 def _report(layout: ExperimentLayout, config: ExperimentConfig) -> None:
-    from selectbench.reports import compare, load_results, render_leaderboard_text, summarize, write_report_files
+    from selectbench.reports import load_results, render_leaderboard_text, summarize, write_report_files
+    from selectbench.reports.compare import compare
 
     results = load_results([layout.out])
     summary = summarize(results)

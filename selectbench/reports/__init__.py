@@ -29,7 +29,6 @@ _EXPORTS = {
     "write_results": "selectbench.reports.results",
     "summarize": "selectbench.reports.summary",
     "render_leaderboard_text": "selectbench.reports.leaderboard",
-    "compare": "selectbench.reports.compare",
     "COMPARISON_COLUMNS": "selectbench.reports.compare",
 }
 __all__ = [*_EXPORTS, "write_report_files", "write_reports"]

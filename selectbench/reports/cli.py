@@ -40,14 +40,8 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Run ``selectbench report``."""
-    from selectbench.reports import (
-        compare,
-        load_results,
-        render_leaderboard_text,
-        results_file,
-        summarize,
-        write_report_files,
-    )
+    from selectbench.reports import load_results, render_leaderboard_text, results_file, summarize, write_report_files
+    from selectbench.reports.compare import compare
 
     if not 0 < args.confidence < 1:
         raise SelectbenchError(f"--confidence must be in (0, 1), e.g. 0.95; got {args.confidence}")

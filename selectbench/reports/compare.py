@@ -100,6 +100,9 @@ def compare(
                     arm = at_k[at_k["label"] == label]
                     rng = np.random.default_rng([seed, len(rows)])
                     row = _compare_arms(results, metric, arm, base_runs, confidence, n_boot, rng)
+                    if row["n_seeds"] == 1 < row["baseline_seeds"] and row["method"] != "none":
+                        one = "one seed: its own training noise is not in the interval"
+                        row["note"] = f"{row['note']}; {one}" if row["note"] else one
                     if row["k_selected"] is not None and row["k_selected"] < k:
                         short = f"kept {row['k_selected']} of {k} records (could not fill the budget)"
                         row["note"] = f"{row['note']}; {short}" if row["note"] else short

@@ -12,12 +12,15 @@ def length_batches(
     batch_tokens: int,
     batch_size: int | None = None,
     extra: int = 0,
+    unpadded: bool = False,
 ) -> list[list[int]]:
     """``indices`` sorted longest first (ties keep their order) and cut into consecutive batches.
 
     A batch ends before it would exceed ``batch_size`` rows or ``batch_tokens`` padded tokens, counted as rows x
     (its longest sequence + ``extra``; for generation, the new tokens). A sequence longer than the budget gets a
-    batch of its own. Sorting first keeps padding small: each batch's rows have similar lengths.
+    batch of its own. Sorting first keeps padding small: each batch's rows have similar lengths. With ``unpadded``,
+    a batch also ends where the length changes, so no row is padded (sequences cut to one length, as held-out
+    answers at ``max_length`` are, still share batches).
     """
     order = sorted(indices, key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
@@ -26,7 +29,8 @@ def length_batches(
         if current:
             longest = lengths[current[0]] + extra
             full = batch_size is not None and len(current) >= batch_size
-            if full or (len(current) + 1) * longest > batch_tokens:
+            ragged = unpadded and lengths[i] != lengths[current[0]]
+            if full or ragged or (len(current) + 1) * longest > batch_tokens:
                 batches.append(current)
                 current = []
         current.append(i)
@@ -35,8 +39,26 @@ def length_batches(
     return batches
 
 
+# On CPU, tokens per batch of equal-length sequences: batching them needs no padding and no attention mask. The 68
+# held-out answers cut at 128 tokens scored in 20-27 s in batches of 16 against 28-30 s one at a time (dev-cpu,
+# noisy shared cores; benchmarks/RESULTS.md), with identical losses.
+CPU_UNPADDED_BATCH_TOKENS = 2048
+
+
 def default_batch_tokens(device_type: str) -> int:
-    """Padded tokens per forward-only batch (losses, embeddings) on ``device_type``: 8192 on a GPU; 1 (each
-    sequence alone, unpadded) on CPU, where padding and masked attention cost more than batching saves
-    (``benchmarks/RESULTS.md``, IFD scoring throughput)."""
-    return 8192 if device_type == "cuda" else 1
+    """Padded tokens per forward-only batch (losses, embeddings) on ``device_type``: 8192 on a GPU. On CPU, where
+    padding and masked attention cost more than batching saves (``benchmarks/RESULTS.md``, IFD scoring
+    throughput), only sequences of one length share a batch (see :func:`forward_batches`)."""
+    return 8192 if device_type == "cuda" else CPU_UNPADDED_BATCH_TOKENS
+
+
+def forward_batches(
+    indices: Iterable[int], lengths: Sequence[int], *, device_type: str, batch_tokens: int | None
+) -> list[list[int]]:
+    """Batches of a forward-only pass (losses, embeddings): ``batch_tokens`` padded tokens when given; else the
+    device's default, unpadded on CPU."""
+    if batch_tokens is not None:
+        return length_batches(indices, lengths, batch_tokens=batch_tokens)
+    return length_batches(
+        indices, lengths, batch_tokens=default_batch_tokens(device_type), unpadded=device_type != "cuda"
+    )

@@ -14,7 +14,7 @@ import numpy as np
 from selectbench.errors import SelectbenchError
 from selectbench.models.engines.adapters import checked_adapter
 from selectbench.models.engines.base import POOLINGS, Decoding, Texts, cuda_available, identity, scored_positions
-from selectbench.models.engines.batching import default_batch_tokens, length_batches
+from selectbench.models.engines.batching import forward_batches, length_batches
 from selectbench.models.engines.local import LocalEngine
 from selectbench.models.spec import ResolvedModel
 
@@ -124,8 +124,8 @@ class HFEngine(LocalEngine):
         """The transformers model under a PEFT wrapper (its layers carry the active adapter), or the model."""
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def _score_budget(self, device_type: str) -> int:
-        return self.score_batch_tokens if self.score_batch_tokens is not None else default_batch_tokens(device_type)
+    def _score_batches(self, indices: Any, lengths: Sequence[int], device_type: str) -> list[list[int]]:
+        return forward_batches(indices, lengths, device_type=device_type, batch_tokens=self.score_batch_tokens)
 
     # ------------------------------------------------------------------------------------------------ losses
 
@@ -149,7 +149,7 @@ class HFEngine(LocalEngine):
             device = next(model.parameters()).device
             pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
             lengths = [len(s) for s in sequences]
-            for batch in length_batches(todo, lengths, batch_tokens=self._score_budget(device.type)):
+            for batch in self._score_batches(todo, lengths, device.type):
                 ids, mask = _padded(sequences, batch, pad, left=False)
                 # Without padding (the batch is length-sorted, so its last row is its shortest), no mask: attention
                 # then takes its plain causal path (much faster on CPU).
@@ -273,8 +273,7 @@ class HFEngine(LocalEngine):
             backbone = model.get_decoder()
             device = next(model.parameters()).device
             lengths = [len(s) for s in sequences]
-            budget = self._score_budget(device.type)
-            for batch in length_batches(range(len(sequences)), lengths, batch_tokens=budget):
+            for batch in self._score_batches(range(len(sequences)), lengths, device.type):
                 ids, mask = _padded(sequences, batch, self.pad_id(), left=False)
                 padded = lengths[batch[-1]] < lengths[batch[0]]
                 mask = mask.to(device)
