@@ -11,7 +11,7 @@ from selectbench.artifacts import ExperimentLayout, RunLayout, StageFolder
 from selectbench.errors import SelectbenchError
 from selectbench.experiment.config import ExperimentConfig
 from selectbench.experiment.plan import Run
-from selectbench.io import dumps
+from selectbench.io import dumps, nonblank_lines
 
 
 def aggregate(config: ExperimentConfig, pool: Any, runs: list[Run], out: Path) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ def write_item_values(out: Path, layout: RunLayout, bench: str) -> None:
     path = layout.eval(bench) / RESULTS_FILE
     if not path.exists():
         return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for _, line in nonblank_lines(path)]
     lines = [{**line, "metric": f"{bench}/{line['metric']}"} for line in get_benchmark(bench).read_item_values(rows)]
     if lines:
         write_items(out, layout.run_id, bench, lines)

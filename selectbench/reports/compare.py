@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from selectbench.reports.results import ItemValues, Results
+from selectbench.reports.summary import underfilled
 
 # (contract) The columns of comparisons.csv, in order.
 COMPARISON_COLUMNS = (
@@ -291,8 +292,6 @@ def _seed_test(
 
 def _k_selected(arm: pd.DataFrame) -> int | None:
     """Records the selector actually kept (fewer than budget_k when its filter passed too few), where known."""
-    if "n_selected" not in arm:
-        return None
     values = pd.to_numeric(arm["n_selected"], errors="coerce").dropna()
     return int(values.min()) if len(values) else None
 
@@ -340,9 +339,7 @@ def overall(
     """
     baseline = baseline or primary_baseline(comparisons)
     selectors = summary[summary["kind"] == "selector"]
-    if "n_selected" in selectors:  # a selector that could not fill a budget is not ranked there
-        short = selectors["n_selected"].notna() & (selectors["n_selected"].fillna(0) < selectors["budget_k"])
-        selectors = selectors[~short.astype(bool)]
+    selectors = selectors[~underfilled(selectors)]  # a selector that could not fill a budget is not ranked there
     ranks: dict[tuple[str, int], dict[str, float]] = {}
     for (metric, k), cell in selectors.groupby(["metric", "budget_k"], sort=False):
         higher = bool(cell["higher_is_better"].iloc[0])

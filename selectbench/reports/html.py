@@ -8,12 +8,14 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from selectbench.reports.compare import MARKS, compare, overall, primary_baseline
+from selectbench.reports.compare import compare, overall, primary_baseline
 from selectbench.reports.leaderboard import (
     DELTA_LEGEND,
     TABLE_COLUMNS,
+    comparison_cells,
     delta_cell,
     leaderboard_sections,
+    metric_decimals,
     provenance,
     table_headers,
 )
@@ -129,23 +131,14 @@ def _comparison_tables(summary: pd.DataFrame, comparisons: pd.DataFrame) -> list
     )
     headers = ["budget", "selector", "vs", "Δ (interval)", "p", "p (Holm)", "verdict", "items", "seeds", "detectable"]
     for metric, part in comparisons.groupby("metric", sort=False):
-        decimals = 3 if summary[summary["metric"] == metric]["mean"].abs().max() < 10 else 2
+        decimals = metric_decimals(summary[summary["metric"] == metric])
         parts.append(f"<h3>{esc(metric)}</h3><table><thead><tr>")
         parts += [f"<th>{esc(h)}</th>" for h in headers]
         parts.append("</tr></thead><tbody>")
         for row in part.to_dict("records"):
-            cells = [
-                str(row["budget_k"]),
-                row["selector"],
-                row["baseline"],
-                delta_cell(row, decimals),
-                "—" if pd.isna(row["p_value"]) else f"{row['p_value']:.3g}",
-                "—" if pd.isna(row["p_adjusted"]) else f"{row['p_adjusted']:.3g}",
-                f"{MARKS[row['verdict']]} {row['verdict']}" if row["verdict"] else "no verdict",
-                str(row["n_items"]),
-                f"{row['n_seeds']} vs {row['baseline_seeds']}",
-                row["note"] or ("" if pd.isna(row["detectable"]) else f"{row['detectable']:.{decimals + 1}f}"),
-            ]
+            c = comparison_cells(row, decimals)
+            cells = [str(row["budget_k"]), row["selector"], row["baseline"], delta_cell(row, decimals)]
+            cells += [c["p"], c["p_adjusted"], c["verdict"], str(row["n_items"]), c["seeds"], c["extra"]]
             parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</tbody></table>")
     view = overall(summary, comparisons)

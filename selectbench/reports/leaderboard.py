@@ -11,7 +11,7 @@ import pandas as pd
 
 from selectbench.reports.compare import MARKS, compare, primary_baseline, verdict_lines
 from selectbench.reports.results import Results, load_results
-from selectbench.reports.summary import CI_METHODS, summarize
+from selectbench.reports.summary import CI_METHODS, summarize, underfilled
 
 # Columns of every leaderboard table, in order.
 TABLE_COLUMNS = ("budget", "rank", "selector", "mean", "ci", "ci_from", "seeds", "items", "cost", "delta")
@@ -29,12 +29,6 @@ class Section:
     def direction(self) -> str:
         """``higher is better`` or ``lower is better``."""
         return "higher is better" if self.higher_is_better else "lower is better"
-
-
-def underfilled(rows: pd.DataFrame) -> pd.Series:
-    """Rows whose selector kept fewer records than the budget (its filter passed too few)."""
-    selected = rows["n_selected"] if "n_selected" in rows else pd.Series(pd.NA, index=rows.index)
-    return (selected.notna() & (selected.fillna(0) < rows["budget_k"].fillna(0))).astype(bool)
 
 
 def rank_selectors(summary: pd.DataFrame, metric: str, budget_k: int) -> pd.DataFrame:
@@ -74,7 +68,7 @@ def leaderboard_sections(summary: pd.DataFrame, comparisons: pd.DataFrame | None
     sections = []
     for metric in metrics:
         part = summary[summary["metric"] == metric]
-        decimals = _decimals(part)
+        decimals = metric_decimals(part)
         rows = []
         budgets = sorted(int(k) for k in part[part["kind"] == "selector"]["budget_k"].dropna().unique())
         for k in budgets:
@@ -234,11 +228,24 @@ def _delta_cells(summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> dic
     baseline = primary_baseline(comparisons)
     cells: dict[tuple, str] = {}
     for metric, part in comparisons[comparisons["baseline"] == baseline].groupby("metric", sort=False):
-        decimals = _decimals(summary[summary["metric"] == metric])
+        decimals = metric_decimals(summary[summary["metric"] == metric])
         for row in part.to_dict("records"):
             cells[(metric, int(row["budget_k"]), row["selector"])] = delta_cell(row, decimals)
             cells.setdefault((metric, int(row["budget_k"]), baseline), "baseline")
     return cells
+
+
+def comparison_cells(row: dict, decimals: int) -> dict[str, str]:
+    """The cells of one comparison row that every rendering shows alike: p-values, verdict, seeds, and the
+    detectable difference (or the note that replaces it)."""
+    detectable = "" if math.isnan(row["detectable"]) else f"{row['detectable']:.{decimals + 1}f}"
+    return {
+        "p": "—" if math.isnan(row["p_value"]) else f"{row['p_value']:.3g}",
+        "p_adjusted": "—" if math.isnan(row["p_adjusted"]) else f"{row['p_adjusted']:.3g}",
+        "verdict": f"{MARKS[row['verdict']]} {row['verdict']}" if row["verdict"] else "no verdict",
+        "seeds": f"{row['n_seeds']} vs {row['baseline_seeds']}",
+        "extra": row["note"] or detectable,
+    }
 
 
 def comparisons_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame) -> list[str]:
@@ -257,7 +264,7 @@ def comparisons_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame) -> li
         "",
     ]
     for metric, part in comparisons.groupby("metric", sort=False):
-        decimals = _decimals(summary[summary["metric"] == metric])
+        decimals = metric_decimals(summary[summary["metric"] == metric])
         out += [f"### {metric}", ""]
         out.append(
             "| budget | selector | vs | Δ | interval | p | p (Holm) | verdict | items | seeds | detectable / note |"
@@ -267,13 +274,17 @@ def comparisons_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame) -> li
             interval = (
                 "—" if math.isnan(row["ci_low"]) else f"{row['ci_low']:+.{decimals}f} – {row['ci_high']:+.{decimals}f}"
             )
-            p = "—" if math.isnan(row["p_value"]) else f"{row['p_value']:.3g}"
-            adjusted = "—" if math.isnan(row["p_adjusted"]) else f"{row['p_adjusted']:.3g}"
-            verdict = f"{MARKS[row['verdict']]} {row['verdict']}" if row["verdict"] else "no verdict"
-            extra = row["note"] or ("" if math.isnan(row["detectable"]) else f"{row['detectable']:.{decimals + 1}f}")
-            seeds = f"{row['n_seeds']} vs {row['baseline_seeds']}"
+            c = comparison_cells(row, decimals)
             cells = [str(row["budget_k"]), _md(row["selector"]), _md(row["baseline"]), f"{row['delta']:+.{decimals}f}"]
-            cells += [interval, p, adjusted, verdict, str(row["n_items"]), seeds, _md(extra)]
+            cells += [
+                interval,
+                c["p"],
+                c["p_adjusted"],
+                c["verdict"],
+                str(row["n_items"]),
+                c["seeds"],
+                _md(c["extra"]),
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     view = overall(summary, comparisons)
@@ -313,7 +324,7 @@ def _cells(row: dict, budget: str, rank: str, name: str, decimals: int) -> dict[
     }
 
 
-def _decimals(rows: pd.DataFrame) -> int:
+def metric_decimals(rows: pd.DataFrame) -> int:
     """Three decimals below 10, fewer for larger numbers, one scale per metric so a column lines up."""
     biggest = float(rows["mean"].abs().max())
     return 3 if biggest < 10 else 2 if biggest < 100 else 1

@@ -137,18 +137,22 @@ def wilson_interval(share: float, n: int, confidence: float = CONFIDENCE) -> tup
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def underfilled(rows: pd.DataFrame) -> pd.Series:
+    """Summary rows whose selector kept fewer records than the budget (its filter passed too few)."""
+    selected = rows["n_selected"]
+    return (selected.notna() & (selected.fillna(0) < rows["budget_k"].fillna(0))).astype(bool)
+
+
 def _bounded(group: pd.DataFrame) -> bool:
     """Whether the metric has a range on both sides (a share or a percentage): Wilson applies."""
-    if "value_min" not in group:
-        return False
     return not (math.isnan(group["value_min"].iloc[0]) or math.isnan(group["value_max"].iloc[0]))
 
 
 def _inside(group: pd.DataFrame, low: float, high: float) -> tuple[float, float]:
     """The interval cut to the metric's range, where results.csv gives one: no share interval past 0 or 1."""
-    if "value_min" in group and not math.isnan(group["value_min"].iloc[0]):
+    if not math.isnan(group["value_min"].iloc[0]):
         low, high = max(low, float(group["value_min"].iloc[0])), max(high, float(group["value_min"].iloc[0]))
-    if "value_max" in group and not math.isnan(group["value_max"].iloc[0]):
+    if not math.isnan(group["value_max"].iloc[0]):
         low, high = min(low, float(group["value_max"].iloc[0])), min(high, float(group["value_max"].iloc[0]))
     return low, high
 
